@@ -1,0 +1,45 @@
+"""lt_jax: long-tailed visual recognition in JAX/Flax NNX."""
+
+import setuptools
+
+# One pinned stack, known to work together (see README "Install").
+INSTALL_REQUIRES = [
+    "jax>=0.10,<0.11",
+    "jaxlib>=0.10,<0.11",
+    "flax>=0.12,<0.13",
+    "optax>=0.2.8,<0.3",
+    "chex>=0.1.90",
+    "ml-collections>=1.0",
+    "orbax-checkpoint>=0.11",
+    "numpy>=1.26",
+    "absl-py>=2.0",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest>=8",
+        "pytest-xdist>=3",
+        "hypothesis>=6",
+        "ruff>=0.6",
+    ],
+    # Benchmarks compare against the same network written in PyTorch (CPU build).
+    "bench": ["torch==2.13.0"],
+    # Remote datasets (CIFAR via TFDS, ImageNet-LT/iNat/Places through TFDS).
+    # tfds needs importlib_resources but does not declare it on Python 3.11.
+    "tfds": ["tensorflow-datasets>=4.9,<4.10", "importlib_resources"],
+    "cuda": ["jax[cuda12]>=0.10,<0.11"],
+    "tpu": ["jax[tpu]>=0.10,<0.11"],
+}
+
+setuptools.setup(
+    name="lt_jax",
+    version="0.1.0",
+    description="Long-tailed visual recognition in JAX: KPS+GA, FBL, GCL+CBEN and baselines.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["lt_jax", "lt_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    license="Apache-2.0",
+)
