@@ -47,8 +47,10 @@ def fbl_curriculum(epoch: ArrayLike, total_epochs: int, *, offset: int = 10, cla
 
     Examples:
       >>> from lt_jax import losses
-      >>> print(round(losses.fbl_curriculum(100, 200), 4), losses.fbl_curriculum(199, 200, clamp=True))
-      0.277 1.0
+      >>> round(losses.fbl_curriculum(100, 200), 4)
+      0.277
+      >>> losses.fbl_curriculum(199, 200, clamp=True)
+      1.0
     """
     denom = total_epochs - offset
     if denom <= 0:

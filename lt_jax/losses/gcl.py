@@ -78,7 +78,8 @@ def gcl_loss(
       cosines: [B, C] cosine logits.
       labels: [B] integer labels.
       class_counts: [C] training-set counts.
-      key: a PRNG key (typed or raw uint32).
+      key: a PRNG key (typed or raw uint32). Example i uses
+        ``jax.random.split(key, B)[i]`` and draws ``normal(k, (C,))`` from it.
       s: logit scale (30 stage 1, 20 stage 2 on CIFAR).
       m: target margin (0 stage 1, 0.1 stage 2).
       noise_mul: kappa, the cloud strength (0.5 CIFAR, 1 Places-LT).

@@ -1,0 +1,31 @@
+"""Optimisation pieces: gradient adjustment (GA) as an optax transform, and schedules."""
+
+from lt_jax.optim.gradient_adjustment import (
+    GradientAdjustmentState,
+    GradientParts,
+    gradient_adjustment,
+    inhibit_ratio,
+    split_head_gradient,
+)
+from lt_jax.optim.schedules import (
+    drw_weights,
+    epoch_of,
+    epoch_switch,
+    start_step,
+    warmup_cosine,
+    warmup_step_decay,
+)
+
+__all__ = [
+    "GradientAdjustmentState",
+    "GradientParts",
+    "drw_weights",
+    "epoch_of",
+    "epoch_switch",
+    "gradient_adjustment",
+    "inhibit_ratio",
+    "split_head_gradient",
+    "start_step",
+    "warmup_cosine",
+    "warmup_step_decay",
+]
