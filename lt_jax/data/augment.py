@@ -1,0 +1,91 @@
+"""On-device augmentation for small datasets, run inside the jitted train step.
+
+Images stay on the accelerator as uint8; each step crops, flips, normalises and
+(optionally) mixes them from a PRNG key, so the step never waits for the host.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+def normalize(images, mean, std):
+    """uint8 [..., H, W, C] -> float32 ((x / 255) - mean) / std."""
+    x = jnp.asarray(images, jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def _crop_flip_one(key, image, pad):
+    h, w, _ = image.shape
+    k_y, k_x, k_flip = jax.random.split(key, 3)
+    padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    dy = jax.random.randint(k_y, (), 0, 2 * pad + 1)
+    dx = jax.random.randint(k_x, (), 0, 2 * pad + 1)
+    crop = jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)
+    return jnp.where(jax.random.bernoulli(k_flip), crop[:, ::-1, :], crop)
+
+
+def random_crop_flip(key, images, *, pad: int = 4):
+    """Zero-pad by ``pad``, random crop back to H x W, random horizontal flip; [B, H, W, C]."""
+    keys = jax.random.split(key, images.shape[0])
+    return jax.vmap(_crop_flip_one, in_axes=(0, 0, None))(keys, images, pad)
+
+
+class Mixed(NamedTuple):
+    images: jax.Array  # float32 [B, H, W, C]
+    labels_a: jax.Array  # int32 [B]
+    labels_b: jax.Array  # int32 [B]
+    lam: jax.Array  # float32 []: weight of labels_a
+
+
+def mixup(key, images, labels, *, alpha: float) -> Mixed:
+    """Mixup (Zhang et al. 2018) with one lam ~ Beta(alpha, alpha) per batch, as the releases.
+
+    The loss is ``lam * L(labels_a) + (1 - lam) * L(labels_b)``.
+    """
+    k_lam, k_perm = jax.random.split(key)
+    lam = jax.random.beta(k_lam, alpha, alpha)
+    perm = jax.random.permutation(k_perm, images.shape[0])
+    mixed = lam * images + (1.0 - lam) * images[perm]
+    return Mixed(mixed, labels, labels[perm], lam)
+
+
+def cutmix(key, images, labels, *, alpha: float) -> Mixed:
+    """CutMix (Yun et al. 2019): paste a random box from a shuffled batch; lam = kept area."""
+    k_lam, k_perm, k_y, k_x = jax.random.split(key, 4)
+    b, h, w, _ = images.shape
+    lam = jax.random.beta(k_lam, alpha, alpha)
+    cut_h = jnp.floor(h * jnp.sqrt(1.0 - lam)).astype(jnp.int32)
+    cut_w = jnp.floor(w * jnp.sqrt(1.0 - lam)).astype(jnp.int32)
+    cy = jax.random.randint(k_y, (), 0, h)
+    cx = jax.random.randint(k_x, (), 0, w)
+    y0, y1 = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + cut_h // 2, 0, h)
+    x0, x1 = jnp.clip(cx - cut_w // 2, 0, w), jnp.clip(cx + cut_w // 2, 0, w)
+    rows = jnp.arange(h)[:, None]
+    cols = jnp.arange(w)[None, :]
+    box = ((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1))[None, :, :, None]
+    perm = jax.random.permutation(k_perm, b)
+    mixed = jnp.where(box, images[perm], images)
+    kept = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+    return Mixed(mixed, labels, labels[perm], kept.astype(jnp.float32))
+
+
+def eval_batches(num_examples: int, batch_size: int):
+    """Yields (indices [batch_size], mask [batch_size]) covering every example exactly once.
+
+    The last batch is padded with index 0 and masked out, so every batch has the
+    same shape and the eval step compiles once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, num_examples, batch_size):
+        idx = np.arange(start, start + batch_size)
+        mask = idx < num_examples
+        yield np.where(mask, idx, 0), mask

