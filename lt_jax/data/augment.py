@@ -22,20 +22,22 @@ def normalize(images, mean, std):
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def _crop_flip_one(key, image, pad):
+def _crop_flip_one(key, image, pad, flip):
     h, w, _ = image.shape
     k_y, k_x, k_flip = jax.random.split(key, 3)
     padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
     dy = jax.random.randint(k_y, (), 0, 2 * pad + 1)
     dx = jax.random.randint(k_x, (), 0, 2 * pad + 1)
     crop = jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)
+    if not flip:
+        return crop
     return jnp.where(jax.random.bernoulli(k_flip), crop[:, ::-1, :], crop)
 
 
-def random_crop_flip(key, images, *, pad: int = 4):
+def random_crop_flip(key, images, *, pad: int = 4, flip: bool = True):
     """Zero-pad by ``pad``, random crop back to H x W, random horizontal flip; [B, H, W, C]."""
     keys = jax.random.split(key, images.shape[0])
-    return jax.vmap(_crop_flip_one, in_axes=(0, 0, None))(keys, images, pad)
+    return jax.vmap(_crop_flip_one, in_axes=(0, 0, None, None))(keys, images, pad, flip)
 
 
 class Mixed(NamedTuple):

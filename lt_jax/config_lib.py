@@ -1,0 +1,91 @@
+"""Shared config pieces: typed ``key=value`` arguments and the per-method defaults.
+
+Config files call ``parse_arg(arg, **defaults)`` on the text after the colon of
+``--config configs/x.py:key=value,flag``; every key must be one of the defaults
+(an unknown key is an error listing the valid ones), and values are converted
+to the default's type.
+"""
+
+import ml_collections
+
+from lt_jax import methods
+
+
+def _convert(key, text, default):
+    if isinstance(default, bool):
+        if text.lower() in ("", "1", "true", "yes"):
+            return True
+        if text.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError(f"config argument {key}={text!r} is not a boolean")
+    try:
+        return type(default)(text) if default is not None else text
+    except ValueError:
+        raise ValueError(
+            f"config argument {key}={text!r} is not a {type(default).__name__}"
+        ) from None
+
+
+def parse_arg(arg, **defaults):
+    """Parses ``"a=1,b=x,flag"`` into a ConfigDict of ``defaults`` updated and typed."""
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(
+                f"unknown config argument {key!r}; valid: {', '.join(sorted(defaults))}"
+            )
+        out[key] = _convert(key, value.strip() if "=" in item else "", defaults[key])
+    return ml_collections.ConfigDict(out)
+
+
+def loss_config(method, total_epochs, reference_epochs=200):
+    """The method's loss hyper-parameters, epoch switches scaled to ``total_epochs``."""
+    if method not in methods.LOSS_DEFAULTS:
+        raise ValueError(
+            f"unknown method {method!r}; valid: {', '.join(sorted(methods.LOSS_DEFAULTS))}"
+        )
+    cfg = dict(methods.LOSS_DEFAULTS[method])
+    for key in methods.EPOCH_KEYS:
+        if key in cfg:
+            cfg[key] = max(1, round(cfg[key] * total_epochs / reference_epochs))
+    return ml_collections.ConfigDict(cfg)
+
+
+def base_config():
+    """Fields every config has; dataset files fill them in."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.dataset = ml_collections.ConfigDict(
+        dict(
+            name="mnist_lt",
+            data_dir="",
+            imb_factor=100.0,
+            profile="exp",
+            n_max=0,  # 0: the dataset's own (400 MNIST, 5000 CIFAR-10, 500 CIFAR-100)
+            split_seed=0,
+            augment="crop",  # crop | crop_flip | none
+        )
+    )
+    c.model = "small_cnn"
+    c.method = "ce"
+    c.loss = ml_collections.ConfigDict()
+    c.sampler = "instance"
+    c.batch_size = 64
+    c.eval_batch_size = 500
+    c.epochs = 200
+    c.lr = 0.1
+    c.momentum = 0.9
+    c.wd = 2e-4
+    c.schedule = "step"  # step | cosine
+    c.warmup_epochs = 5
+    c.lr_boundaries = (160, 180)
+    c.lr_factors = (0.1, 0.01)
+    c.mixup_alpha = 0.0
+    c.ga = ml_collections.ConfigDict(dict(alpha=1.0, r_min=0.1, decay=1.0))
+    c.shot_convention = "paper"
+    c.eval_every_epochs = 10
+    c.log_every_steps = 50
+    c.checkpoint_every_epochs = 10
+    return c

@@ -1,0 +1,182 @@
+"""Every method of the spec as a recipe: head type, loss as a function of the step, prediction.
+
+``get_method(config, class_counts, steps_per_epoch)`` returns a :class:`Method`:
+
+* ``head``: ``"linear"`` or ``"cosine"``;
+* ``loss(logits, features, labels, key, step) -> [B]``: per-example loss, with any
+  epoch-dependent part (DRW switch, KPS logit-scale GA, FBL curriculum) a
+  function of the traced step, so one compiled train step serves the whole run;
+* ``predict(logits) -> scores`` for evaluation (post-hoc logit adjustment);
+* ``ga_start_step``: start of the optax gradient adjustment (``None``: off);
+* ``prob_scale``: cosine heads' logit scale, so that calibration is measured on
+  the probabilities the loss trains (``softmax(s * cos)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from lt_jax import losses, optim
+
+
+class Method(NamedTuple):
+    head: str
+    loss: Callable
+    predict: Callable = lambda logits: logits
+    ga_start_step: int | None = None
+    prob_scale: float = 1.0  # softmax(prob_scale * scores) are the probabilities (ECE)
+
+
+def _epoch(step, spe):
+    return step // spe
+
+
+def get_method(name: str, cfg, class_counts: np.ndarray, steps_per_epoch: int) -> Method:
+    """Builds method ``name`` from the ``cfg.loss`` hyper-parameters (a ConfigDict/namespace)."""
+    counts = np.asarray(class_counts)
+    spe = steps_per_epoch
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
+    return METHODS[name](cfg, counts, spe)
+
+
+def _ce(cfg, counts, spe):
+    return Method("linear", lambda z, f, y, key, step: losses.softmax_cross_entropy(z, y))
+
+
+def _focal(cfg, counts, spe):
+    return Method("linear", lambda z, f, y, key, step: losses.focal_loss(z, y, gamma=cfg.gamma))
+
+
+def _cb_focal(cfg, counts, spe):
+    w = losses.class_balanced_weights(counts, beta=cfg.beta)
+    return Method(
+        "linear",
+        lambda z, f, y, key, step: losses.focal_loss(z, y, gamma=cfg.gamma, class_weights=w),
+    )
+
+
+def _ldam_drw(cfg, counts, spe):
+    weights = optim.drw_weights(
+        counts, start_epoch=cfg.drw_epoch, steps_per_epoch=spe, beta=cfg.beta
+    )
+    return Method(
+        "cosine",
+        lambda z, f, y, key, step: losses.ldam_loss(
+            z, y, class_counts=counts, max_m=cfg.max_m, s=cfg.s, class_weights=weights(step)
+        ),
+        prob_scale=cfg.s,
+    )
+
+
+def _balanced_softmax(cfg, counts, spe):
+    return Method(
+        "linear", lambda z, f, y, key, step: losses.balanced_softmax_loss(z, y, class_counts=counts)
+    )
+
+
+def _logit_adjusted(cfg, counts, spe):
+    return Method(
+        "linear",
+        lambda z, f, y, key, step: losses.logit_adjusted_loss(
+            z, y, class_counts=counts, tau=cfg.tau
+        ),
+    )
+
+
+def _logit_adjust_posthoc(cfg, counts, spe):
+    return _ce(cfg, counts, spe)._replace(
+        predict=lambda z: losses.logit_adjust(z, class_counts=counts, tau=cfg.tau)
+    )
+
+
+def _kps(cfg, counts, spe, ga=False):
+    ga_on = optim.epoch_switch(cfg.ga_epoch, steps_per_epoch=spe) if ga else None
+    return Method(
+        "cosine",
+        lambda z, f, y, key, step: losses.kps_loss(
+            z,
+            y,
+            class_counts=counts,
+            s=cfg.s,
+            max_m=cfg.max_m,
+            ga=False if ga_on is None else ga_on(step),
+            margin=cfg.margin,
+        ),
+        prob_scale=cfg.s,
+    )
+
+
+def _kps_ga(cfg, counts, spe):
+    return _kps(cfg, counts, spe, ga=True)
+
+
+def _kps_ga_optax(cfg, counts, spe):
+    return _kps(cfg, counts, spe)._replace(
+        ga_start_step=optim.start_step(cfg.ga_epoch, steps_per_epoch=spe)
+    )
+
+
+def _fbl(cfg, counts, spe):
+    def loss(z, f, y, key, step):
+        t = losses.fbl_curriculum(
+            _epoch(step, spe).astype(jnp.float32), cfg.total_epochs, clamp=cfg.clamp
+        )
+        return losses.fbl_loss(z, f, y, class_counts=counts, lam=cfg.lam, t=t)
+
+    return Method("linear", loss)
+
+
+def _gcl(cfg, counts, spe):
+    return Method(
+        "cosine",
+        lambda z, f, y, key, step: losses.gcl_loss(
+            z,
+            y,
+            class_counts=counts,
+            key=key,
+            s=cfg.s,
+            m=cfg.m,
+            noise_mul=cfg.noise_mul,
+            focal_gamma=cfg.focal_gamma,
+        ),
+        prob_scale=cfg.s,
+    )
+
+
+METHODS = {
+    "ce": _ce,
+    "focal": _focal,
+    "cb_focal": _cb_focal,
+    "ldam_drw": _ldam_drw,
+    "balanced_softmax": _balanced_softmax,
+    "logit_adjusted": _logit_adjusted,
+    "logit_adjust_posthoc": _logit_adjust_posthoc,
+    "kps": _kps,
+    "kps_ga": _kps_ga,
+    "kps_ga_optax": _kps_ga_optax,
+    "fbl": _fbl,
+    "gcl": _gcl,
+}
+
+# Per-method loss hyper-parameters (spec defaults, CIFAR recipes). Epoch-valued
+# entries are scaled to the run length by configs/common.py.
+LOSS_DEFAULTS = {
+    "ce": {},
+    "focal": {"gamma": 1.0},
+    "cb_focal": {"gamma": 1.0, "beta": 0.9999},
+    "ldam_drw": {"max_m": 0.5, "s": 30.0, "beta": 0.9999, "drw_epoch": 160},
+    "balanced_softmax": {},
+    "logit_adjusted": {"tau": 1.0},
+    "logit_adjust_posthoc": {"tau": 1.0},
+    "kps": {"s": 15.0, "max_m": 0.2, "margin": "closed_form"},
+    "kps_ga": {"s": 15.0, "max_m": 0.2, "margin": "closed_form", "ga_epoch": 120},
+    "kps_ga_optax": {"s": 15.0, "max_m": 0.2, "margin": "closed_form", "ga_epoch": 120},
+    "fbl": {"lam": 60.0, "total_epochs": 200, "clamp": False},
+    "gcl": {"s": 30.0, "m": 0.0, "noise_mul": 0.5, "focal_gamma": 0.0},
+}
+EPOCH_KEYS = ("drw_epoch", "ga_epoch", "total_epochs")

@@ -1,0 +1,118 @@
+"""ResNet-32 for CIFAR (LDAM-DRW lineage) and a small CNN for the embedded MNIST-LT.
+
+ResNet-32: 3x3 conv 16, then 3 stages of 5 basic blocks with widths 16/32/64
+(stride 2 at the first block of stages 2 and 3), option-A shortcuts (stride-2
+subsampling plus zero-padded channels, no parameters), global average pool,
+then the head. Models return ``(logits, features)``; ``train`` switches
+BatchNorm between batch statistics and running averages.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lt_jax.models.heads import HEADS
+
+_KAIMING = nnx.initializers.kaiming_normal()
+
+
+def _conv(cin, cout, stride, rngs):
+    return nnx.Conv(
+        cin,
+        cout,
+        (3, 3),
+        strides=stride,
+        padding=1,
+        use_bias=False,
+        kernel_init=_KAIMING,
+        rngs=rngs,
+    )
+
+
+def _bn(c, rngs):
+    # momentum 0.9 = PyTorch's BatchNorm momentum 0.1.
+    return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
+class BasicBlock(nnx.Module):
+    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
+        self.conv1 = _conv(cin, cout, stride, rngs)
+        self.bn1 = _bn(cout, rngs)
+        self.conv2 = _conv(cout, cout, 1, rngs)
+        self.bn2 = _bn(cout, rngs)
+        self.stride = stride
+        self.pad = cout - cin
+
+    def shortcut(self, x):
+        # Option A: subsample spatially, zero-pad the new channels on both sides.
+        if self.stride != 1 or self.pad:
+            x = x[:, :: self.stride, :: self.stride, :]
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (self.pad // 2, self.pad - self.pad // 2)))
+        return x
+
+    def __call__(self, x, train: bool):
+        y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        y = self.bn2(self.conv2(y), use_running_average=not train)
+        return jax.nn.relu(y + self.shortcut(x))
+
+
+class ResNetCifar(nnx.Module):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        depth: int = 32,
+        head: str = "linear",
+        in_channels: int = 3,
+        rngs: nnx.Rngs,
+    ):
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
+        n = (depth - 2) // 6
+        self.stem = _conv(in_channels, 16, 1, rngs)
+        self.stem_bn = _bn(16, rngs)
+        blocks, cin = [], 16
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                blocks.append(BasicBlock(cin, width, stride if i == 0 else 1, rngs=rngs))
+                cin = width
+        self.blocks = nnx.List(blocks)
+        self.head = HEADS[head](64, num_classes, rngs=rngs)
+
+    def features(self, x, train: bool):
+        x = jax.nn.relu(self.stem_bn(self.stem(x), use_running_average=not train))
+        for block in self.blocks:
+            x = block(x, train)
+        return jnp.mean(x, axis=(1, 2))
+
+    def __call__(self, x, train: bool = False):
+        f = self.features(x, train)
+        return self.head(f), f
+
+
+def resnet32(*, num_classes: int, head: str = "linear", rngs: nnx.Rngs, **kw):
+    return ResNetCifar(num_classes=num_classes, depth=32, head=head, rngs=rngs, **kw)
+
+
+class SmallCNN(nnx.Module):
+    """conv32-bn-relu-pool, conv64-bn-relu-pool, dense 128-relu, head: for 28x28 MNIST-LT."""
+
+    def __init__(self, *, num_classes: int, head: str = "linear", in_channels: int = 1, rngs):
+        self.conv1 = nnx.Conv(in_channels, 32, (3, 3), use_bias=False, rngs=rngs)
+        self.bn1 = _bn(32, rngs)
+        self.conv2 = nnx.Conv(32, 64, (3, 3), use_bias=False, rngs=rngs)
+        self.bn2 = _bn(64, rngs)
+        self.dense = nnx.Linear(64 * 7 * 7, 128, rngs=rngs)
+        self.head = HEADS[head](128, num_classes, rngs=rngs)
+
+    def features(self, x, train: bool):
+        pool = lambda y: nnx.max_pool(y, (2, 2), strides=(2, 2))  # noqa: E731
+        x = pool(jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train)))
+        x = pool(jax.nn.relu(self.bn2(self.conv2(x), use_running_average=not train)))
+        return jax.nn.relu(self.dense(x.reshape(x.shape[0], -1)))
+
+    def __call__(self, x, train: bool = False):
+        f = self.features(x, train)
+        return self.head(f), f
