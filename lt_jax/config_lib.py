@@ -49,7 +49,8 @@ def loss_config(method, total_epochs, reference_epochs=200):
     cfg = dict(methods.LOSS_DEFAULTS[method])
     for key in methods.EPOCH_KEYS:
         if key in cfg:
-            cfg[key] = max(1, round(cfg[key] * total_epochs / reference_epochs))
+            scaled = round(cfg[key] * total_epochs / reference_epochs)
+            cfg[key] = scaled if key == "offset" else max(1, scaled)
     return ml_collections.ConfigDict(cfg)
 
 

@@ -29,7 +29,7 @@ def main(argv):
     del argv
     import jax  # after flag parsing, so --help is fast
 
-    from lt_jax import metrics, train
+    from lt_jax import checkpoint, metrics, train
 
     if os.environ.get("LT_JAX_MULTIHOST"):
         jax.distributed.initialize()
@@ -38,7 +38,7 @@ def main(argv):
     log.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, train.TrainingError) as e:
+    except (ValueError, FileNotFoundError, train.TrainingError, checkpoint.CheckpointError) as e:
         sys.exit(f"lt_jax: error: {e}")
     if jax.process_index() == 0:
         best = results["best_epoch"]

@@ -124,7 +124,10 @@ def _kps_ga_optax(cfg, counts, spe):
 def _fbl(cfg, counts, spe):
     def loss(z, f, y, key, step):
         t = losses.fbl_curriculum(
-            _epoch(step, spe).astype(jnp.float32), cfg.total_epochs, clamp=cfg.clamp
+            _epoch(step, spe).astype(jnp.float32),
+            cfg.total_epochs,
+            offset=cfg.offset,
+            clamp=cfg.clamp,
         )
         return losses.fbl_loss(z, f, y, class_counts=counts, lam=cfg.lam, t=t)
 
@@ -176,7 +179,7 @@ LOSS_DEFAULTS = {
     "kps": {"s": 15.0, "max_m": 0.2, "margin": "closed_form"},
     "kps_ga": {"s": 15.0, "max_m": 0.2, "margin": "closed_form", "ga_epoch": 120},
     "kps_ga_optax": {"s": 15.0, "max_m": 0.2, "margin": "closed_form", "ga_epoch": 120},
-    "fbl": {"lam": 60.0, "total_epochs": 200, "clamp": False},
+    "fbl": {"lam": 60.0, "total_epochs": 200, "offset": 10, "clamp": False},
     "gcl": {"s": 30.0, "m": 0.0, "noise_mul": 0.5, "focal_gamma": 0.0},
 }
-EPOCH_KEYS = ("drw_epoch", "ga_epoch", "total_epochs")
+EPOCH_KEYS = ("drw_epoch", "ga_epoch", "total_epochs", "offset")

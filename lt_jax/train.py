@@ -64,10 +64,14 @@ def load_dataset(cfg: ml_collections.ConfigDict) -> tuple[sources.ArrayDataset, 
     )
 
 
-def create_mesh() -> jax.sharding.Mesh:
+def create_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D ``data`` mesh over ``devices`` (default: all devices of all processes)."""
+    devices = jax.devices() if devices is None else devices
     # Auto axes: the batch-sharded gathers and vmapped per-example augmentation of the
     # step are resolved by the compiler (Explicit mode rejects vmaps over mixed shardings).
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.make_mesh(
+        (len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
 
 
 def shard_batch(mesh, local: np.ndarray) -> jax.Array:
@@ -326,12 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             state, m = train_step(state, train_x, train_y, shard_batch(mesh, idx), base_key)
             step += 1
             if step % config.log_every_steps == 0 or step == total_steps:
-                loss = float(m["loss"])
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"loss is {loss} at step {step} (epoch {epoch}); the last good "
-                        f"checkpoint is kept in {ckpt.directory}"
-                    )
+                loss = _checked_loss(m, step, epoch, ckpt)
                 rate = (step - start_step) * config.batch_size / (time.time() - start_time)
                 eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
                 log.info(
@@ -347,6 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 )
         epoch += 1
         if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
+            _checked_loss(m, step, epoch, ckpt)  # never checkpoint NaN parameters
             ckpt.save(step, state)
         if epoch % config.eval_every_epochs == 0 or step == total_steps:
             scores, _ = eval_fn(state)
@@ -377,6 +377,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f)
     return results
+
+
+def _checked_loss(m, step, epoch, ckpt) -> float:
+    loss = float(m["loss"])
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"loss is {loss} at step {step} (epoch {epoch}); stopped, the last good "
+            f"checkpoint is kept in {ckpt.directory}"
+        )
+    return loss
 
 
 def _summarize(scores, labels, counts, config, method):

@@ -179,3 +179,9 @@ def test_cosine_and_switches():
     np.testing.assert_allclose(w(10), losses.class_balanced_weights([100, 10, 1]), rtol=1e-6)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         optim.epoch_switch(1, steps_per_epoch=0)
+
+
+def test_state_buffers_are_distinct_so_the_state_can_be_donated():
+    state = optim.gradient_adjustment(NUM_CLASSES).init(None)
+    pointers = [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(state)]
+    assert len(set(pointers)) == len(pointers)

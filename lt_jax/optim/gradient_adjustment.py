@@ -148,8 +148,12 @@ def gradient_adjustment(
 
     def init_fn(params):
         del params
-        zeros = jnp.zeros((num_classes,), jnp.float32)
-        return GradientAdjustmentState(jnp.zeros([], jnp.int32), zeros, zeros)
+        # Two distinct buffers: a state holding one array twice cannot be donated.
+        return GradientAdjustmentState(
+            count=jnp.zeros([], jnp.int32),
+            stimulus_mag=jnp.zeros((num_classes,), jnp.float32),
+            inhibit_mag=jnp.zeros((num_classes,), jnp.float32),
+        )
 
     def update_fn(
         updates,

@@ -1,0 +1,220 @@
+"""The trainer: end to end on the default config, multi-device equality, resume, bad input."""
+
+import glob
+import importlib.util
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lt_jax import checkpoint, methods, metrics, train
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def load_config(path, arg=None):
+    spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def tiny(method="gcl", **overrides):
+    config = load_config("configs/default.py", f"method={method},runlocal")
+    config.unlock()
+    for k, v in overrides.items():
+        config[k] = v
+    return config
+
+
+def test_default_config_end_to_end(tmp_path):
+    results = train.train_and_evaluate(tiny(), str(tmp_path))
+    final = results["final"]
+    assert final["epoch"] == 2 and 0.1 < final["top1"] <= 1
+    assert set(["many", "medium", "few", "ece", "per_class_accuracy"]) <= set(final)
+    assert json.load(open(tmp_path / "results.json"))["method"] == "gcl"
+    split = json.load(open(tmp_path / "split.json"))
+    assert split["class_counts"] == [400, 239, 143, 86, 51, 30, 18, 11, 6, 4]
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert any("test/top1" in line for line in lines)
+
+
+@pytest.mark.parametrize("method", ["kps_ga_optax", "fbl", "ldam_drw"])
+def test_methods_train_one_epoch(tmp_path, method):
+    results = train.train_and_evaluate(tiny(method, epochs=1), str(tmp_path))
+    assert np.isfinite(results["final"]["top1"])
+
+
+def _one_step(config, devices, state0, graphdef, head_graphdef, method, tx, lr_fn, data):
+    mesh = train.create_mesh(devices)
+    rep = NamedSharding(mesh, P())
+    step = jax.jit(
+        train.make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, (0.13,), (0.31,))
+    )
+    state = jax.device_put(state0, rep)
+    images, labels = jax.device_put(data.train_images, rep), jax.device_put(data.train_labels, rep)
+    idx = train.shard_batch(mesh, np.arange(config.batch_size, dtype=np.int32) * 7)
+    for _ in range(2):
+        state, _ = step(state, images, labels, idx, jax.random.key(0))
+    return jax.device_get(state)
+
+
+def test_eight_devices_equal_one_device():
+    assert jax.device_count() == 8, "conftest should provide 8 virtual CPU devices"
+    config = tiny("kps_ga_optax", mixup_alpha=1.0)
+    config.loss.ga_epoch = 0
+    data, _ = train.load_dataset(config.dataset)
+    method = methods.get_method(config.method, config.loss, data.class_counts, 15)
+    tx, lr_fn = train.create_optimizer(config, 15, 10, method)
+    state0, graphdef, head_graphdef = train.init_state(config, 10, method, tx)
+    args = (state0, graphdef, head_graphdef, method, tx, lr_fn, data)
+    one = _one_step(config, jax.devices()[:1], *args)
+    eight = _one_step(config, jax.devices(), *args)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+        one["params"],
+        eight["params"],
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+        one["batch_stats"],
+        eight["batch_stats"],
+    )
+    assert not np.allclose(
+        state0["params"]["head"]["kernel"][...], one["params"]["head"]["kernel"][...]
+    )
+
+
+def _final_params(workdir, config):
+    data, _ = train.load_dataset(config.dataset)
+    method = methods.get_method(config.method, config.loss, data.class_counts, 15)
+    tx, _ = train.create_optimizer(config, 15, 10, method)
+    state, _, _ = train.init_state(config, 10, method, tx)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+    restored = ckpt.restore(state)
+    ckpt.close()
+    return restored
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    config = tiny("gcl", mixup_alpha=1.0)
+    full = train.train_and_evaluate(config, str(tmp_path / "a"))
+
+    # Preempt mid-epoch 1 (step 20 of 30): the SIGTERM path saves and stops.
+    calls = {"n": 0}
+
+    def fake_sigterm():
+        def preempted():
+            calls["n"] += 1
+            return calls["n"] == 20
+
+        return preempted
+
+    monkeypatch.setattr(train, "_install_sigterm", fake_sigterm)
+    with pytest.raises(train.TrainingError, match="SIGTERM: saved step 20"):
+        train.train_and_evaluate(config, str(tmp_path / "b"))
+    monkeypatch.undo()
+    resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
+
+    a, b = _final_params(str(tmp_path / "a"), config), _final_params(str(tmp_path / "b"), config)
+    assert int(a["step"]) == int(b["step"]) == 30
+    jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+    jax.tree.map(np.testing.assert_array_equal, a["batch_stats"], b["batch_stats"])
+    assert full["final"]["per_class_accuracy"] == resumed["final"]["per_class_accuracy"]
+
+
+# --- metrics against NumPy on known predictions ------------------------------------------------
+
+
+def test_group_accuracy_and_ece_hand_computed():
+    # 4 classes: counts -> groups many, medium, few, few (paper convention).
+    counts = [500, 50, 10, 5]
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    preds = np.array([0, 0, 1, 0, 2, 2, 0, 0])
+    scores = np.eye(4)[preds] * 2.0
+    out = metrics.summarize(scores, labels, counts)
+    assert out["top1"] == pytest.approx(5 / 8)
+    assert out["many"] == 1.0 and out["medium"] == 0.5 and out["few"] == pytest.approx(0.5)
+    # softmax([2,0,0,0]) max prob = e^2 / (e^2 + 3): one bin, accuracy 5/8.
+    conf = np.exp(2) / (np.exp(2) + 3)
+    assert out["ece"] == pytest.approx(abs(5 / 8 - conf))
+    assert np.array(out["confusion_matrix"])[3, 0] == 2
+    # An empty group is absent, not 0.
+    assert metrics.summarize(scores, labels, [500, 500, 500, 500])["few"] is None
+
+
+def test_ece_two_bins():
+    conf = np.array([0.95, 0.95, 0.25, 0.25])
+    correct = np.array([1, 0, 0, 0])
+    # bins: {0.95}: acc .5 conf .95 -> .45 * .5; {0.25}: acc 0 conf .25 -> .25 * .5
+    assert metrics.expected_calibration_error(conf, correct) == pytest.approx(0.35)
+
+
+# --- configs and bad input ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
+def test_every_config_loads_and_builds(path):
+    config = load_config(os.path.relpath(path, ROOT), "runlocal")
+    assert isinstance(config, ml_collections.ConfigDict)
+    from flax import nnx
+
+    from lt_jax import models
+
+    method = methods.get_method(config.method, config.loss, np.array([50, 10, 2]), 10)
+    models.create_model(config.model, num_classes=3, head=method.head, rngs=nnx.Rngs(0))
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown config argument 'methd'; valid: "):
+        load_config("configs/default.py", "methd=ce")
+    with pytest.raises(ValueError, match="unknown method 'kpss'; valid: .*kps_ga_optax"):
+        load_config("configs/default.py", "method=kpss")
+    with pytest.raises(ValueError, match="epochs='ten' is not a int"):
+        load_config("configs/default.py", "epochs=ten")
+
+
+def test_bad_run_settings(tmp_path):
+    with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+        train.train_and_evaluate(tiny(batch_size=60), str(tmp_path / "a"))
+    bad = tiny()
+    bad.dataset.name = "imagenet_lt"
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet_lt'; valid: "):
+        train.train_and_evaluate(bad, str(tmp_path / "b"))
+    with pytest.raises(ValueError, match="unknown model 'resnet99'"):
+        train.train_and_evaluate(tiny(model="resnet99"), str(tmp_path / "c"))
+
+
+def test_nan_loss_stops_with_step(tmp_path):
+    with pytest.raises(train.TrainingError, match="loss is nan at step 2 "):
+        train.train_and_evaluate(tiny("ce", lr=float("nan"), log_every_steps=1), str(tmp_path))
+
+
+def test_workdir_with_other_config_is_refused(tmp_path):
+    train.check_workdir_config(str(tmp_path), tiny("ce"))
+    with pytest.raises(train.TrainingError, match="different config .*method"):
+        train.check_workdir_config(str(tmp_path), tiny("gcl"))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    config = tiny("ce", epochs=1)
+    train.train_and_evaluate(config, str(tmp_path))
+    for f in glob.glob(str(tmp_path / "checkpoints" / "*" / "**" / "*"), recursive=True):
+        if os.path.isfile(f) and "metadata" not in os.path.basename(f):
+            with open(f, "wb") as fh:
+                fh.write(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or was written by a different"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_missing_cifar_data_is_fast_clear_error(tmp_path):
+    config = load_config("configs/default.py", "runlocal")
+    config.dataset.name = "cifar10_lt"
+    config.dataset.data_dir = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no cifar10 python archive"):
+        train.load_dataset(config.dataset)
