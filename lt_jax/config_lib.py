@@ -84,6 +84,8 @@ def base_config():
     c.lr_boundaries = (160, 180)
     c.lr_factors = (0.1, 0.01)
     c.mixup_alpha = 0.0
+    c.dtype = "float32"  # or "bfloat16": trunk compute in bf16, head/losses/BN stats in f32
+    c.pretrained = ""  # torchvision state_dict as .npz for the trunk (Places-LT ResNet-152)
     c.ga = ml_collections.ConfigDict(dict(alpha=1.0, r_min=0.1, decay=1.0))
     c.shot_convention = "paper"
     c.eval_every_epochs = 10

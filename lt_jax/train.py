@@ -119,15 +119,33 @@ def create_optimizer(config, steps_per_epoch: int, num_classes: int, method: met
     return optax.chain(*parts), lr
 
 
+def _compute_dtype(name: str):
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"unknown dtype {name!r}; valid: float32, bfloat16")
+    return None if name == "float32" else jnp.bfloat16
+
+
 def init_state(config, num_classes, method, tx):
+    """Builds the model and its train state; returns (state, graphdef, head_graphdef, tx).
+
+    ``tx`` comes back wrapped so that a frozen trunk (Places-LT's ResNet-152) gets
+    no update at all. ``config.pretrained`` (a torchvision ``.npz``) initialises
+    the trunk.
+    """
     model = models.create_model(
         config.model,
         num_classes=num_classes,
         head=method.head,
         rngs=nnx.Rngs(config.seed),
+        dtype=_compute_dtype(config.get("dtype", "float32")),
         **({"in_channels": 1} if config.dataset.name == "mnist_lt" else {}),
     )
+    if config.get("pretrained"):
+        models.load_torchvision_weights(model, config.pretrained)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    labels = models.frozen_param_labels(model, params)
+    if "frozen" in jax.tree.leaves(labels):
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     head_graphdef = nnx.graphdef(model.head)
     state = {
         "params": params,
@@ -135,7 +153,7 @@ def init_state(config, num_classes, method, tx):
         "opt_state": tx.init(params),
         "step": jnp.zeros((), jnp.int32),
     }
-    return state, graphdef, head_graphdef
+    return state, graphdef, head_graphdef, tx
 
 
 # --- steps ----------------------------------------------------------------------------------
@@ -462,7 +480,7 @@ def train_and_evaluate(
     spe = len(data.train_labels) // config.batch_size
     method = methods.get_method(config.method, config.loss, counts, spe)
     tx, lr_fn = create_optimizer(config, spe, data.num_classes, method)
-    state, graphdef, head_graphdef = init_state(config, data.num_classes, method, tx)
+    state, graphdef, head_graphdef, tx = init_state(config, data.num_classes, method, tx)
     eval_step = jax.jit(make_eval_step(graphdef, mean, std))
     eval_batch = _eval_batch(config.eval_batch_size, n_dev)
 

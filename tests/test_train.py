@@ -76,7 +76,7 @@ def test_eight_devices_equal_one_device():
     data, _ = train.load_dataset(config.dataset)
     method = methods.get_method(config.method, config.loss, data.class_counts, 15)
     tx, lr_fn = train.create_optimizer(config, 15, 10, method)
-    state0, graphdef, head_graphdef = train.init_state(config, 10, method, tx)
+    state0, graphdef, head_graphdef = train.init_state(config, 10, method, tx)[:3]
     args = (state0, graphdef, head_graphdef, method, tx, lr_fn, data)
     one = _one_step(config, jax.devices()[:1], *args)
     eight = _one_step(config, jax.devices(), *args)
@@ -99,7 +99,7 @@ def _final_params(workdir, config):
     data, _ = train.load_dataset(config.dataset)
     method = methods.get_method(config.method, config.loss, data.class_counts, 15)
     tx, _ = train.create_optimizer(config, 15, 10, method)
-    state, _, _ = train.init_state(config, 10, method, tx)
+    state = train.init_state(config, 10, method, tx)[0]
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "stage1"))
     restored = ckpt.restore(state)
     ckpt.close()
@@ -235,7 +235,7 @@ def test_stage2_freezes_backbone_and_uses_inference_batchnorm():
     data, _ = train.load_dataset(config.dataset)
     m1 = methods.get_method(config.method, config.loss, data.class_counts, 15)
     tx1, _ = train.create_optimizer(config, 15, 10, m1)
-    stage1, graphdef, head_graphdef = train.init_state(config, 10, m1, tx1)
+    stage1, graphdef, head_graphdef, _ = train.init_state(config, 10, m1, tx1)
     # Give the BatchNorm statistics non-trivial values, so inference vs batch mode differs.
     stats = jax.tree.map(lambda v: v + 0.3, stage1["batch_stats"])
     frozen = {"params": stage1["params"], "batch_stats": stats}
@@ -291,15 +291,28 @@ def test_evaluate_entry_point_and_cross_process_determinism(tmp_path):
     runs = []
     for i, hashseed in enumerate(("1", "2")):
         workdir = str(tmp_path / f"run{i}")
-        cmd = [sys.executable, "-m", "lt_jax.main", "--config",
-               "configs/default.py:method=gcl,runlocal", "--workdir", workdir]  # fmt: skip
-        out = subprocess.run(cmd, cwd=ROOT, env=dict(env, PYTHONHASHSEED=hashseed),
-                             capture_output=True, text=True)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "lt_jax.main",
+            "--config",
+            "configs/default.py:method=gcl,runlocal",
+            "--workdir",
+            workdir,
+        ]
+        out = subprocess.run(
+            cmd, cwd=ROOT, env=dict(env, PYTHONHASHSEED=hashseed), capture_output=True, text=True
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         assert "stage2 final" in out.stdout and "many" in out.stdout
         runs.append(json.load(open(os.path.join(workdir, "results.json"))))
     assert runs[0]["final"]["per_class_accuracy"] == runs[1]["final"]["per_class_accuracy"]
-    out = subprocess.run([sys.executable, "-m", "lt_jax.evaluate", "--workdir", workdir],
-                         cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "lt_jax.evaluate", "--workdir", workdir],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"{100 * runs[1]['final']['top1']:6.2f}" in out.stdout

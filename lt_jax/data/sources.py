@@ -77,11 +77,23 @@ def load_mnist_5k() -> ArrayDataset:
 # --- CIFAR python archives ---------------------------------------------------------------------
 
 _CIFAR = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
-                b"labels", "batches.meta", b"label_names"),
-    "cifar100": ("cifar-100-python", ["train"], "test", b"fine_labels", "meta",
-                 b"fine_label_names"),
-}  # fmt: skip
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        "test_batch",
+        b"labels",
+        "batches.meta",
+        b"label_names",
+    ),
+    "cifar100": (
+        "cifar-100-python",
+        ["train"],
+        "test",
+        b"fine_labels",
+        "meta",
+        b"fine_label_names",
+    ),
+}
 
 
 def _unpickle(blob: bytes, name: str) -> dict:

@@ -6,15 +6,44 @@ registry lists the valid names in its error message.
 
 from __future__ import annotations
 
+import jax
 from flax import nnx
 
 from lt_jax.models.heads import HEADS, CosineHead, LinearHead, LWSScale, tau_normalize
+from lt_jax.models.resnet import (
+    ResNet,
+    load_torchvision_weights,
+    resnet50,
+    resnet152_places,
+    resnext50_32x4d,
+)
 from lt_jax.models.resnet_cifar import ResNetCifar, SmallCNN, resnet32
 
 MODELS = {
     "small_cnn": SmallCNN,
     "resnet32": resnet32,
+    "resnet50": resnet50,
+    "resnext50_32x4d": resnext50_32x4d,
+    "resnet152_places": resnet152_places,
 }
+
+
+def frozen_param_labels(model, params):
+    """ "frozen" / "train" label of every parameter: a model's frozen trunk never updates
+    (no weight decay either). Models without a frozen part train everything."""
+    num_frozen = getattr(model, "num_frozen", 0)
+
+    def label(path, _):
+        keys = [getattr(k, "key", getattr(k, "idx", None)) for k in path]
+        if not num_frozen:
+            return "train"
+        if keys[0] in ("stem", "stem_bn"):
+            return "frozen"
+        if keys[0] == "blocks" and int(keys[1]) < num_frozen:
+            return "frozen"
+        return "train"
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def create_model(name: str, *, num_classes: int, head: str = "linear", rngs: nnx.Rngs, **kw):
@@ -31,9 +60,15 @@ __all__ = [
     "CosineHead",
     "LWSScale",
     "LinearHead",
+    "ResNet",
     "ResNetCifar",
     "SmallCNN",
     "create_model",
+    "frozen_param_labels",
+    "load_torchvision_weights",
+    "resnet152_places",
     "resnet32",
+    "resnet50",
+    "resnext50_32x4d",
     "tau_normalize",
 ]

@@ -18,7 +18,7 @@ from lt_jax.models.heads import HEADS
 _KAIMING = nnx.initializers.kaiming_normal()
 
 
-def _conv(cin, cout, stride, rngs):
+def _conv(cin, cout, stride, rngs, dtype=None):
     return nnx.Conv(
         cin,
         cout,
@@ -27,21 +27,22 @@ def _conv(cin, cout, stride, rngs):
         padding=1,
         use_bias=False,
         kernel_init=_KAIMING,
+        dtype=dtype,
         rngs=rngs,
     )
 
 
-def _bn(c, rngs):
-    # momentum 0.9 = PyTorch's BatchNorm momentum 0.1.
-    return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, rngs=rngs)
+def _bn(c, rngs, dtype=None):
+    # momentum 0.9 = PyTorch's BatchNorm momentum 0.1. Statistics stay float32.
+    return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
 
 class BasicBlock(nnx.Module):
-    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs):
-        self.conv1 = _conv(cin, cout, stride, rngs)
-        self.bn1 = _bn(cout, rngs)
-        self.conv2 = _conv(cout, cout, 1, rngs)
-        self.bn2 = _bn(cout, rngs)
+    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs, dtype=None):
+        self.conv1 = _conv(cin, cout, stride, rngs, dtype)
+        self.bn1 = _bn(cout, rngs, dtype)
+        self.conv2 = _conv(cout, cout, 1, rngs, dtype)
+        self.bn2 = _bn(cout, rngs, dtype)
         self.stride = stride
         self.pad = cout - cin
 
@@ -66,26 +67,32 @@ class ResNetCifar(nnx.Module):
         depth: int = 32,
         head: str = "linear",
         in_channels: int = 3,
+        dtype=None,
         rngs: nnx.Rngs,
     ):
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
         n = (depth - 2) // 6
-        self.stem = _conv(in_channels, 16, 1, rngs)
-        self.stem_bn = _bn(16, rngs)
+        self.dtype = dtype
+        self.stem = _conv(in_channels, 16, 1, rngs, dtype)
+        self.stem_bn = _bn(16, rngs, dtype)
         blocks, cin = [], 16
         for width, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):
-                blocks.append(BasicBlock(cin, width, stride if i == 0 else 1, rngs=rngs))
+                stride_i = stride if i == 0 else 1
+                blocks.append(BasicBlock(cin, width, stride_i, rngs=rngs, dtype=dtype))
                 cin = width
         self.blocks = nnx.List(blocks)
         self.head = HEADS[head](64, num_classes, rngs=rngs)
 
     def features(self, x, train: bool):
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
         x = jax.nn.relu(self.stem_bn(self.stem(x), use_running_average=not train))
         for block in self.blocks:
             x = block(x, train)
-        return jnp.mean(x, axis=(1, 2))
+        # The head and the losses run in float32 (bf16 compute stays in the trunk).
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
     def __call__(self, x, train: bool = False):
         f = self.features(x, train)
@@ -99,19 +106,24 @@ def resnet32(*, num_classes: int, head: str = "linear", rngs: nnx.Rngs, **kw):
 class SmallCNN(nnx.Module):
     """conv32-bn-relu-pool, conv64-bn-relu-pool, dense 128-relu, head: for 28x28 MNIST-LT."""
 
-    def __init__(self, *, num_classes: int, head: str = "linear", in_channels: int = 1, rngs):
-        self.conv1 = nnx.Conv(in_channels, 32, (3, 3), use_bias=False, rngs=rngs)
-        self.bn1 = _bn(32, rngs)
-        self.conv2 = nnx.Conv(32, 64, (3, 3), use_bias=False, rngs=rngs)
-        self.bn2 = _bn(64, rngs)
-        self.dense = nnx.Linear(64 * 7 * 7, 128, rngs=rngs)
+    def __init__(
+        self, *, num_classes: int, head: str = "linear", in_channels: int = 1, dtype=None, rngs
+    ):
+        self.dtype = dtype
+        self.conv1 = nnx.Conv(in_channels, 32, (3, 3), use_bias=False, dtype=dtype, rngs=rngs)
+        self.bn1 = _bn(32, rngs, dtype)
+        self.conv2 = nnx.Conv(32, 64, (3, 3), use_bias=False, dtype=dtype, rngs=rngs)
+        self.bn2 = _bn(64, rngs, dtype)
+        self.dense = nnx.Linear(64 * 7 * 7, 128, dtype=dtype, rngs=rngs)
         self.head = HEADS[head](128, num_classes, rngs=rngs)
 
     def features(self, x, train: bool):
         pool = lambda y: nnx.max_pool(y, (2, 2), strides=(2, 2))  # noqa: E731
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
         x = pool(jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train)))
         x = pool(jax.nn.relu(self.bn2(self.conv2(x), use_running_average=not train)))
-        return jax.nn.relu(self.dense(x.reshape(x.shape[0], -1)))
+        return jax.nn.relu(self.dense(x.reshape(x.shape[0], -1))).astype(jnp.float32)
 
     def __call__(self, x, train: bool = False):
         f = self.features(x, train)
