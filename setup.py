@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "mlxtend>=0.25,<0.26",
     "pillow>=10",  # image-folder datasets
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "grain>=0.2.12,<0.3",  # streamed input (ImageNet-LT, Places-LT, iNaturalist), no TensorFlow
 ]
 
 EXTRAS_REQUIRE = {

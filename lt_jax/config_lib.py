@@ -66,7 +66,10 @@ def base_config():
             profile="exp",
             n_max=0,  # 0: the dataset's own (400 MNIST, 5000 CIFAR-10, 500 CIFAR-100)
             split_seed=0,
-            augment="crop",  # crop | crop_flip | none
+            augment="crop",  # crop | crop_flip | none (in-memory datasets, on the device)
+            lists_dir="",  # local folder with the split lists (streamed datasets)
+            sort_classes=False,  # re-index so class 0 is the most frequent
+            image_size=224,  # streamed datasets: crop size
         )
     )
     c.model = "small_cnn"

@@ -28,16 +28,20 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lt_jax import checkpoint, methods, metrics, models, optim
-from lt_jax.data import augment, longtail, samplers, sources
+from lt_jax.data import augment, longtail, samplers, sources, splits, streaming
 
 log = logging.getLogger(__name__)
 
-# name -> (n_max of the LT profile, normalisation mean, std)
+# name -> (n_max of the LT profile, normalisation mean, std). In memory on the device.
 DATASETS = {
     "mnist_lt": (400, (0.1307,), (0.3081,)),
     "cifar10_lt": (5000, augment.CIFAR_MEAN, augment.CIFAR_STD),
     "cifar100_lt": (500, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "image_folder": (0, augment.CIFAR_MEAN, augment.CIFAR_STD),  # root/{train,test}/<class>/*
 }
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Streamed from disk: the standard split lists over an image root (lt_jax.data.splits).
+STREAMED = ("imagenet_lt", "places_lt", "inat2018")
 
 
 class TrainingError(RuntimeError):
@@ -47,21 +51,74 @@ class TrainingError(RuntimeError):
 # --- input ----------------------------------------------------------------------------------
 
 
-def load_dataset(cfg: ml_collections.ConfigDict) -> tuple[sources.ArrayDataset, np.ndarray]:
-    """The long-tailed training split and the balanced test split, plus the kept indices."""
+class StreamDataset(NamedTuple):
+    """A dataset read from disk during training (file paths + labels)."""
+
+    train_files: list[str]
+    train_labels: np.ndarray
+    test_files: list[str]
+    test_labels: np.ndarray
+    num_classes: int
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.train_labels, minlength=self.num_classes)
+
+
+def load_dataset(cfg: ml_collections.ConfigDict):
+    """(dataset, kept indices): the long-tailed training split and the balanced test split.
+
+    In-memory datasets (``DATASETS``) are subsampled with the configured profile
+    (``profile="none"`` keeps an image folder's own counts); streamed ones
+    (``STREAMED``) use their standard split lists under ``cfg.data_dir``.
+    """
     name = cfg.name
+    if name in STREAMED:
+        return _load_streamed(cfg)
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
+        valid = sorted([*DATASETS, *STREAMED])
+        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(valid)}")
     if name == "mnist_lt":
         full = sources.load_mnist_5k()
-    elif os.path.isdir(os.path.join(cfg.data_dir, "train")):
+    elif name == "image_folder" or os.path.isdir(os.path.join(cfg.data_dir, "train")):
         full = sources.load_image_folder(cfg.data_dir)
     else:
         full = sources.load_cifar_archive(cfg.data_dir, name.removesuffix("_lt"))
+    if cfg.profile == "none":
+        return full, np.arange(len(full.train_labels))
     n_max = cfg.n_max or DATASETS[name][0]
     return sources.make_long_tailed(
         full, n_max=n_max, imb_factor=cfg.imb_factor, profile=cfg.profile, seed=cfg.split_seed
     )
+
+
+def _load_streamed(cfg):
+    if not os.path.isdir(cfg.data_dir):
+        raise FileNotFoundError(
+            f"image root {cfg.data_dir!r} of {cfg.name} does not exist "
+            "(set config.dataset.data_dir to the folder the split lists are relative to)"
+        )
+    spec = splits.SPLIT_LISTS[cfg.name]
+    train_rel, train_y = splits.split_list(cfg.name, "train", lists_dir=cfg.lists_dir)
+    test_rel, test_y = splits.split_list(cfg.name, spec.eval_split, lists_dir=cfg.lists_dir)
+    if cfg.get("sort_classes", False):
+        mapping = splits.sort_classes_by_frequency(train_y, spec.num_classes)
+        train_y, test_y = mapping[train_y].astype(np.int32), mapping[test_y].astype(np.int32)
+    root = cfg.data_dir
+    first = os.path.join(root, train_rel[0])
+    if not os.path.exists(first):
+        raise FileNotFoundError(
+            f"{first} (the first image of the {cfg.name} training list) does not exist; "
+            f"config.dataset.data_dir must be the root the list paths are relative to"
+        )
+    data = StreamDataset(
+        [os.path.join(root, p) for p in train_rel],
+        train_y,
+        [os.path.join(root, p) for p in test_rel],
+        test_y,
+        spec.num_classes,
+    )
+    return data, np.arange(len(train_y))
 
 
 def create_mesh(devices=None) -> jax.sharding.Mesh:
@@ -185,8 +242,9 @@ def _batch_loss_fn(method, y, mixed, k_loss, k_loss_b, step):
 def _prepare_batch(images, labels, idx, key, step, augment_mode, mixup_alpha, mean, std):
     key = jax.random.fold_in(key, step)
     k_aug, k_mix, k_loss, k_loss_b = jax.random.split(key, 4)
-    x = _augment(images[idx], k_aug, augment_mode, mean, std)
-    y = labels[idx]
+    # idx None: images/labels are already this step's batch (streamed, host-augmented).
+    x = _augment(images if idx is None else images[idx], k_aug, augment_mode, mean, std)
+    y = labels if idx is None else labels[idx]
     mixed = augment.mixup(k_mix, x, y, alpha=mixup_alpha) if mixup_alpha > 0 else None
     return (x if mixed is None else mixed.images), y, mixed, k_loss, k_loss_b
 
@@ -270,20 +328,92 @@ def make_stage2_step(s2, graphdef, head_graphdef, method, tx, lr_fn, mean, std, 
 def make_eval_step(graphdef, mean, std):
     def eval_step(params, batch_stats, images, idx):
         model = nnx.merge(graphdef, params, batch_stats)
-        logits, feats = model(augment.normalize(images[idx], mean, std), train=False)
+        x = images if idx is None else images[idx]
+        logits, feats = model(augment.normalize(x, mean, std), train=False)
         return logits, feats
 
     return eval_step
 
 
-def evaluate(eval_step, params, batch_stats, mesh, images, num_examples, batch_size):
-    """Logits [N, C] and features [N, D] of every example, each counted once."""
+def evaluate(eval_step, params, batch_stats, batches):
+    """Logits [N, C] and features [N, D] of every example, each counted once.
+
+    ``batches`` yields ``(images, idx, mask)`` with global arrays and a host-side
+    global mask of the padding rows.
+    """
     logits, feats = [], []
-    for idx, mask in augment.eval_batches(num_examples, batch_size):
-        z, f = eval_step(params, batch_stats, images, shard_batch(mesh, idx))
+    for images, idx, mask in batches:
+        z, f = eval_step(params, batch_stats, images, idx)
         logits.append(np.asarray(z)[mask])
         feats.append(np.asarray(f)[mask])
     return np.concatenate(logits), np.concatenate(feats)
+
+
+class InMemoryInput:
+    """Images on the device; batches are index vectors gathered inside the step."""
+
+    def __init__(self, data, mesh):
+        rep = NamedSharding(mesh, P())
+        self.data, self.mesh = data, mesh
+        self.images = {
+            "train": jax.device_put(data.train_images, rep),
+            "test": jax.device_put(data.test_images, rep),
+        }
+        self.labels = jax.device_put(data.train_labels, rep)
+        self.augment = None  # the config's on-device augmentation applies
+
+    def train(self, order, *, epoch, start_batch, batch_size, seed):
+        del epoch, seed
+        rows = _host_rows(batch_size)
+        for b in range(start_batch, len(order) // batch_size):
+            idx = order[b * batch_size : (b + 1) * batch_size][rows]
+            yield self.images["train"], self.labels, shard_batch(self.mesh, idx)
+
+    def infer(self, split, batch_size):
+        n = len(self.data.test_labels if split == "test" else self.data.train_labels)
+        rows = _host_rows(batch_size)
+        for idx, mask in augment.eval_batches(n, batch_size):
+            yield self.images[split], shard_batch(self.mesh, idx[rows]), mask
+
+
+class StreamedInput:
+    """Images decoded from disk by Grain workers; host-side random-resized-crop + flip."""
+
+    def __init__(self, data: StreamDataset, mesh, *, size: int = 224, resize: int = 256):
+        self.data, self.mesh, self.size, self.resize = data, mesh, size, resize
+        self.augment = "none"  # crops and flips already happened on the host
+
+    def train(self, order, *, epoch, start_batch, batch_size, seed):
+        batches = streaming.train_batches(
+            self.data.train_files,
+            self.data.train_labels,
+            order,
+            batch_size=batch_size,
+            epoch=epoch,
+            seed=seed,
+            size=self.size,
+            start_batch=start_batch,
+        )
+        for x, y in batches:
+            yield shard_batch(self.mesh, x), shard_batch(self.mesh, y), None
+
+    def infer(self, split, batch_size):
+        files, labels = (
+            (self.data.test_files, self.data.test_labels)
+            if split == "test"
+            else (self.data.train_files, self.data.train_labels)
+        )
+        batches = streaming.eval_batches(
+            files, labels, batch_size=batch_size, size=self.size, resize=self.resize
+        )
+        for b, (x, _, _) in enumerate(batches):
+            mask = np.arange(b * batch_size, (b + 1) * batch_size) < len(files)
+            yield shard_batch(self.mesh, x), None, mask
+
+
+def _host_rows(batch_size: int) -> slice:
+    per_host = batch_size // jax.process_count()
+    return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
 
 
 # --- workdir bookkeeping ------------------------------------------------------------------------
@@ -341,7 +471,7 @@ class Stage(NamedTuple):
     """One training stage, for :func:`run_stage`."""
 
     name: str  # "stage1" / "stage2": checkpoint folder and metric prefix
-    step: Callable  # jitted (state, idx_global, key) -> (state, metrics)
+    step: Callable  # jitted (state, images, labels, idx, key) -> (state, metrics)
     state: Any
     sampler: str
     epochs: int
@@ -371,8 +501,6 @@ def run_stage(stage: Stage, ctx: dict) -> tuple[Any, list[dict]]:
     history, best = [], None
     step = int(state["step"])
     start_time, start_step = time.time(), step
-    per_host = stage.batch_size // jax.process_count()
-    local = slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
     m = None
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -384,9 +512,11 @@ def run_stage(stage: Stage, ctx: dict) -> tuple[Any, list[dict]]:
             num_classes=data.num_classes,
             total_epochs=stage.epochs,
         )
-        for b in range(offset, steps_per_epoch):
-            idx = order[b * stage.batch_size : (b + 1) * stage.batch_size][local]
-            state, m = stage.step(state, shard_batch(mesh, idx), key)
+        batches = ctx["input"].train(
+            order, epoch=epoch, start_batch=offset, batch_size=stage.batch_size, seed=config.seed
+        )
+        for images, labels, idx in batches:
+            state, m = stage.step(state, images, labels, idx, key)
             step += 1
             if step % config.log_every_steps == 0 or step == total_steps:
                 loss = _checked_loss(m, step, epoch, ckpt)
@@ -453,20 +583,24 @@ def train_and_evaluate(
         longtail.write_or_verify_split(workdir, record)
     mesh = create_mesh()
     n_dev = jax.device_count()
-    for name, bs in (
-        ("batch_size", config.batch_size),
-        ("stage2.batch_size", config.stage2.batch_size),
-    ):
+    batch_sizes = [("batch_size", config.batch_size)]
+    if config.stage2.mode in ("retrain", "lws"):
+        batch_sizes.append(("stage2.batch_size", config.stage2.batch_size))
+    for name, bs in batch_sizes:
         if bs % n_dev:
             raise ValueError(f"{name} {bs} is not divisible by the {n_dev} devices")
         if bs > len(data.train_labels):
             raise ValueError(f"{name} {bs} exceeds the {len(data.train_labels)} training images")
-    _, mean, std = DATASETS[config.dataset.name]
-    replicated = NamedSharding(mesh, P())
-    images = jax.device_put(data.train_images, replicated)
-    labels = jax.device_put(data.train_labels, replicated)
-    test_images = jax.device_put(data.test_images, replicated)
+    if config.dataset.name in STREAMED:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        source = StreamedInput(data, mesh, size=config.dataset.image_size)
+    else:
+        _, mean, std = DATASETS[config.dataset.name]
+        source = InMemoryInput(data, mesh)
+    if source.augment is not None:  # host-side augmentation: only normalise on the device
+        config = _with_augment(config, source.augment)
     ctx = {
+        "input": source,
         "config": config,
         "data": data,
         "mesh": mesh,
@@ -481,16 +615,11 @@ def train_and_evaluate(
     method = methods.get_method(config.method, config.loss, counts, spe)
     tx, lr_fn = create_optimizer(config, spe, data.num_classes, method)
     state, graphdef, head_graphdef, tx = init_state(config, data.num_classes, method, tx)
-    eval_step = jax.jit(make_eval_step(graphdef, mean, std))
+    eval_step = jax.jit(make_eval_step(graphdef, mean, std), out_shardings=NamedSharding(mesh, P()))
     eval_batch = _eval_batch(config.eval_batch_size, n_dev)
 
     def infer(params, batch_stats, split="test"):
-        imgs, n = (
-            (test_images, len(data.test_labels))
-            if split == "test"
-            else (images, len(data.train_labels))
-        )
-        return evaluate(eval_step, params, batch_stats, mesh, imgs, n, eval_batch)
+        return evaluate(eval_step, params, batch_stats, source.infer(split, eval_batch))
 
     step1 = jax.jit(
         make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, mean, std),
@@ -498,7 +627,7 @@ def train_and_evaluate(
     )
     stage1 = Stage(
         name="stage1",
-        step=lambda s, idx, key: step1(s, images, labels, idx, key),
+        step=step1,
         state=state,
         sampler=config.sampler,
         epochs=config.epochs,
@@ -522,7 +651,7 @@ def train_and_evaluate(
         results["stage2"] = tau_norm_search(state, infer, ctx, s2.tau_grid)
     elif s2.mode != "none":
         results["stage2"] = _run_stage2(
-            s2, state, method.head, graphdef, head_graphdef, ctx, (images, labels), infer, mean, std
+            s2, state, method.head, graphdef, head_graphdef, ctx, infer, mean, std
         )
     if "stage2" in results:
         results["final"], results["best_epoch"] = (
@@ -540,11 +669,8 @@ def train_and_evaluate(
 STAGE2_MODES = ("none", "retrain", "lws", "tau_norm")
 
 
-def _run_stage2(
-    s2, stage1_state, head_kind, graphdef, head_graphdef, ctx, train_data, infer, mean, std
-):
+def _run_stage2(s2, stage1_state, head_kind, graphdef, head_graphdef, ctx, infer, mean, std):
     config, data = ctx["config"], ctx["data"]
-    images, labels = train_data
     if s2.mode not in STAGE2_MODES:
         raise ValueError(f"unknown stage2.mode {s2.mode!r}; valid: {', '.join(STAGE2_MODES)}")
     counts = data.class_counts
@@ -589,7 +715,7 @@ def _run_stage2(
 
     stage2 = Stage(
         name="stage2",
-        step=lambda s, idx, key: step2(s, frozen, images, labels, idx, key),
+        step=lambda s, images, labels, idx, key: step2(s, frozen, images, labels, idx, key),
         state=state,
         sampler=s2.sampler,
         epochs=s2.epochs,
@@ -659,6 +785,12 @@ def _summarize(scores, ctx, prob_scale):
     return metrics.summarize(
         scores, data.test_labels, data.class_counts, convention=config.shot_convention, probs=probs
     )
+
+
+def _with_augment(config, mode):
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.dataset.augment = mode
+    return config
 
 
 def _eval_batch(batch_size: int, n_dev: int) -> int:
