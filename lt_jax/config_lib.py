@@ -135,3 +135,25 @@ def stage2_config(preset, *, epochs, lr=0.002, batch_size=64, mixup_alpha=0.0):
     c.mixup_alpha = mixup_alpha
     c.tau_grid = tuple(round(0.1 * i, 1) for i in range(21))
     return c
+
+
+def scale_epochs(value, total_epochs, reference_epochs=200):
+    """An epoch number of a 200-epoch recipe, moved to a run of ``total_epochs``."""
+    return max(1, round(value * total_epochs / reference_epochs))
+
+
+# CIFAR-LT recipes of the spec (sections 2-5): batch size, lr decay epochs and factors,
+# mixup. "x0.1 after 160" is the releases' `epoch > 160`, i.e. from epoch 161 on.
+CIFAR_RECIPES = {
+    "kps": dict(batch_size=64, lr_boundaries=(161, 181), lr_factors=(0.1, 0.01)),
+    "fbl": dict(batch_size=64, lr_boundaries=(161, 181), lr_factors=(0.01, 0.0001)),
+    "gcl": dict(batch_size=64, lr_boundaries=(160, 180), lr_factors=(0.1, 0.01), mixup_alpha=1.0),
+    # The LDAM-DRW release (and the baselines run with its code): batch 128.
+    "baseline": dict(batch_size=128, lr_boundaries=(161, 181), lr_factors=(0.01, 0.0001)),
+}
+
+
+def cifar_recipe(method):
+    if method.startswith("kps"):
+        return CIFAR_RECIPES["kps"]
+    return CIFAR_RECIPES.get(method, CIFAR_RECIPES["baseline"])

@@ -1,0 +1,75 @@
+r"""CIFAR-10-LT / CIFAR-100-LT with ResNet-32: every method of the spec, 200-epoch recipes.
+
+  python -m lt_jax.main --workdir /tmp/c10_gcl \
+    --config configs/cifar_lt.py:dataset=cifar10,imb=100,method=gcl,data_dir=/data/cifar10.tgz
+  python -m lt_jax.main --workdir /tmp/c10_fbl \
+    --config configs/cifar_lt.py:method=fbl,data_dir=../shared/data/cifar10_jpeg
+
+Data: ``data_dir`` is the CIFAR python archive (cifar-10-python.tar.gz /
+cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html), its
+extracted folder, or an image folder ``root/{train,test}/<class>/*``. The LT
+subset keeps n_i = floor(n_max * IF^(-i/(C-1))) images of class i (CIFAR-10 IF
+100: [5000, 2997, ..., 50], 12,406 images), seeded per class (split_seed).
+
+Recipes (spec sections 2-5), all SGD 0.9, wd 2e-4, lr 0.1, 5 warm-up epochs:
+  kps / kps_ga / kps_ga_optax: batch 64, x0.1 after 160, x0.01 after 180, GA from 120;
+  fbl: batch 64, x0.01 after 160, x0.0001 after 180, lam 60, t = (e / 190)^2;
+  gcl: batch 64, x0.1 at 160, x0.01 at 180, mixup 1; stage 2: 30 epochs, CBEN,
+       cosine lr from 0.002, mixup 1, focal GCL with s=20, m=0.1;
+  ce / focal / cb_focal / ldam_drw / balanced_softmax / logit_adjusted(_posthoc):
+       batch 128, x0.01 after 160, x0.0001 after 180 (LDAM-DRW release; DRW at 160).
+Published top-1 on clean CIFAR-10-LT IF 100 (spec section 7): FBL 82.46, LDAM-DRW
+77.03, CB focal 74.57. epochs=N rescales every epoch number of the recipe.
+
+Arguments: dataset (cifar10|cifar100), imb, profile (exp|step), method, stage2
+(auto|none|gcl|crt|lws|tau_norm), epochs, seed, data_dir, runlocal.
+"""
+
+from lt_jax import config_lib as common
+
+
+def get_config(arg=None):
+    a = common.parse_arg(
+        arg,
+        dataset="cifar10",
+        imb=100.0,
+        profile="exp",
+        method="gcl",
+        stage2="auto",
+        epochs=200,
+        seed=0,
+        data_dir="",
+        runlocal=False,
+    )
+    if a.dataset not in ("cifar10", "cifar100"):
+        raise ValueError(f"unknown dataset {a.dataset!r}; valid: cifar10, cifar100")
+    c = common.base_config()
+    c.seed = a.seed
+    c.dataset.name = f"{a.dataset}_lt"
+    c.dataset.data_dir = a.data_dir
+    c.dataset.imb_factor = a.imb
+    c.dataset.profile = a.profile
+    c.dataset.augment = "crop_flip"
+    c.model = "resnet32"
+    c.method = a.method
+    c.epochs = 2 if a.runlocal else a.epochs
+    c.loss = common.loss_config(a.method, c.epochs)
+    recipe = common.cifar_recipe(a.method)
+    c.batch_size = recipe["batch_size"]
+    c.mixup_alpha = recipe.get("mixup_alpha", 0.0)
+    c.lr = 0.1
+    c.warmup_epochs = common.scale_epochs(5, c.epochs)
+    c.lr_boundaries = tuple(common.scale_epochs(b, c.epochs) for b in recipe["lr_boundaries"])
+    c.lr_factors = recipe["lr_factors"]
+    c.eval_every_epochs = max(1, c.epochs // 20)
+    c.checkpoint_every_epochs = max(1, c.epochs // 20)
+    c.log_every_steps = 100
+    preset = ("gcl" if a.method == "gcl" else "none") if a.stage2 == "auto" else a.stage2
+    c.stage2 = common.stage2_config(
+        preset,
+        epochs=1 if a.runlocal else common.scale_epochs(30, c.epochs),
+        lr=0.002,
+        batch_size=64,
+        mixup_alpha=1.0 if preset == "gcl" else 0.0,
+    )
+    return c
