@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "pillow>=10",  # image-folder datasets
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "grain>=0.2.12,<0.3",  # streamed input (ImageNet-LT, Places-LT, iNaturalist), no TensorFlow
+    "matplotlib>=3.8",  # lt_jax.report figures
 ]
 
 EXTRAS_REQUIRE = {

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import platform
 import signal
 import time
 from collections.abc import Callable
@@ -476,7 +477,7 @@ class Stage(NamedTuple):
     sampler: str
     epochs: int
     batch_size: int
-    scores: Callable  # state -> test scores [N, C]
+    scores: Callable  # state -> (test scores [N, C], test features [N, D])
     prob_scale: float
 
 
@@ -541,7 +542,8 @@ def run_stage(stage: Stage, ctx: dict) -> tuple[Any, list[dict]]:
             _checked_loss(m, step, epoch, ckpt)  # never checkpoint NaN parameters
             ckpt.save(step, state)
         if epoch % config.eval_every_epochs == 0 or step == total_steps:
-            summary = _summarize(stage.scores(state), ctx, stage.prob_scale)
+            scores, feats = stage.scores(state)
+            summary = _summarize(scores, ctx, stage.prob_scale)
             summary["epoch"] = epoch
             history.append(summary)
             writer.write(
@@ -552,10 +554,37 @@ def run_stage(stage: Stage, ctx: dict) -> tuple[Any, list[dict]]:
     ckpt.wait()
     ckpt.close()
     if not history:  # resumed after the end: evaluate once
-        history.append(_summarize(stage.scores(state), ctx, stage.prob_scale))
+        scores, feats = stage.scores(state)
+        history.append(_summarize(scores, ctx, stage.prob_scale))
         history[-1]["epoch"] = stage.epochs
+    history[-1].update(feature_summary(feats, data.test_labels, data.num_classes))
+    if jax.process_index() == 0:
+        save_embedding(
+            os.path.join(ctx["workdir"], f"embedding_{stage.name}.npz"),
+            feats,
+            data.test_labels,
+            config.seed,
+        )
     best = max(history, key=lambda h: h["top1"])
     return state, {"final": history[-1], "best_epoch": best}
+
+
+def feature_summary(feats, labels, num_classes) -> dict:
+    """Per-class mean L2 norm of the test features (the statistic that motivates FBL)."""
+    norms = np.linalg.norm(np.asarray(feats, np.float64), axis=1)
+    total = np.bincount(labels, weights=norms, minlength=num_classes)
+    count = np.bincount(labels, minlength=num_classes)
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return {"feature_norm_per_class": [None if np.isnan(v) else float(v) for v in mean]}
+
+
+def save_embedding(path, feats, labels, seed, max_points: int = 2000) -> None:
+    """A 2-D PCA projection of (up to ``max_points``) test features, for the report."""
+    feats = np.asarray(feats, np.float64)
+    pick = np.random.default_rng(seed).permutation(len(feats))[:max_points]
+    x = feats[pick] - feats[pick].mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    np.savez(path, coords=(x @ vt[:2].T).astype(np.float32), labels=np.asarray(labels)[pick])
 
 
 def train_and_evaluate(
@@ -632,7 +661,7 @@ def train_and_evaluate(
         sampler=config.sampler,
         epochs=config.epochs,
         batch_size=config.batch_size,
-        scores=lambda s: np.asarray(method.predict(infer(s["params"], s["batch_stats"])[0])),
+        scores=lambda s: _predicted(method, *infer(s["params"], s["batch_stats"])),
         prob_scale=method.prob_scale,
     )
     state, results1 = run_stage(stage1, ctx)
@@ -642,7 +671,8 @@ def train_and_evaluate(
         "train_class_counts": counts.tolist(),
         "method": config.method,
         "dataset": config.dataset.name,
-        "devices": f"{n_dev} x {jax.devices()[0].device_kind}",
+        "devices": f"{n_dev} x {jax.devices()[0].device_kind} ({platform.machine()}, "
+        f"{os.cpu_count()} host cores)",
     }
 
     # Stage 2: decoupled classifier re-training / LWS / tau-norm.
@@ -708,10 +738,11 @@ def _run_stage2(s2, stage1_state, head_kind, graphdef, head_graphdef, ctx, infer
 
     def scores(s):
         if s2.mode == "lws":
-            z, _ = infer(frozen["params"], frozen["batch_stats"])
-            return np.asarray(method.predict(z * np.asarray(s["trainable"])))
-        params = _with_head(frozen["params"], s["trainable"])
-        return np.asarray(method.predict(infer(params, frozen["batch_stats"])[0]))
+            z, f = infer(frozen["params"], frozen["batch_stats"])
+            return _predicted(method, z * np.asarray(s["trainable"]), f)
+        return _predicted(
+            method, *infer(_with_head(frozen["params"], s["trainable"]), frozen["batch_stats"])
+        )
 
     stage2 = Stage(
         name="stage2",
@@ -726,6 +757,11 @@ def _run_stage2(s2, stage1_state, head_kind, graphdef, head_graphdef, ctx, infer
     _, results = run_stage(stage2, ctx)
     results.update(mode=s2.mode, method=s2.method, sampler=s2.sampler)
     return results
+
+
+def _predicted(method, logits, feats):
+    """(prediction scores, features) of an evaluation pass."""
+    return np.asarray(method.predict(logits)), feats
 
 
 def _with_head(params, head):

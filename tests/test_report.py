@@ -1,0 +1,87 @@
+"""lt_jax.sweep runs a methods x seeds grid; lt_jax.report summarises it."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lt_jax import report, sweep
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    config = os.path.join(ROOT, "configs", "default.py")
+    sweep.main(
+        [
+            "--config",
+            config,
+            "--root",
+            str(root),
+            "--methods",
+            "ce",
+            "--seeds",
+            "0,1",
+            "--args",
+            "runlocal",
+        ]
+    )
+    sweep.main(
+        [
+            "--config",
+            config,
+            "--root",
+            str(root),
+            "--methods",
+            "gcl",
+            "--seeds",
+            "0",
+            "--args",
+            "runlocal",
+        ]
+    )
+    return root
+
+
+def test_sweep_layout_and_skip(sweep_root):
+    assert sorted(os.listdir(sweep_root)) == ["ce_s0", "ce_s1", "gcl_s0"]
+    before = os.path.getmtime(sweep_root / "ce_s0" / "results.json")
+    sweep.main(
+        [
+            "--config",
+            os.path.join(ROOT, "configs", "default.py"),
+            "--root",
+            str(sweep_root),
+            "--methods",
+            "ce",
+            "--seeds",
+            "0",
+            "--args",
+            "runlocal",
+        ]
+    )
+    assert os.path.getmtime(sweep_root / "ce_s0" / "results.json") == before
+
+
+def test_report_table_and_figures(sweep_root, tmp_path):
+    path = report.write_report([str(sweep_root / "*")], str(tmp_path / "out"))
+    text = open(path).read()
+    finals = [
+        json.load(open(sweep_root / f"ce_s{s}" / "results.json"))["final"]["top1"] for s in (0, 1)
+    ]
+    mean, std = 100 * np.mean(finals), 100 * np.std(finals, ddof=1)
+    row = next(line for line in text.splitlines() if line.startswith("| ce |"))
+    assert f"{mean:.2f} ± {std:.2f}" in row and "| 2 |" in row
+    assert any(line.startswith("| gcl + gcl retrain |") for line in text.splitlines())
+    for png in ("per_class_accuracy.png", "feature_norms.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 1000
+    assert len(list((tmp_path / "out").glob("embedding_*.png"))) == 2
+    assert len(list((tmp_path / "out").glob("confusion_*.png"))) == 2
+
+
+def test_report_on_unfinished_dir_is_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a finished lt_jax run"):
+        report.write_report([str(tmp_path)], str(tmp_path / "out"))
