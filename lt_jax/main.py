@@ -15,9 +15,13 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    import jax  # after flag parsing, so --help is fast
+    from lt_jax import cli  # no JAX import yet
 
-    from lt_jax import checkpoint, cli, metrics, train
+    config = FLAGS.config
+    cli.use_all_cpu_cores([config.batch_size, config.stage2.batch_size, config.eval_batch_size])
+    import jax  # after flag parsing and the CPU device setup
+
+    from lt_jax import checkpoint, metrics, train
 
     if os.environ.get("LT_JAX_MULTIHOST"):
         jax.distributed.initialize()

@@ -316,3 +316,32 @@ def test_evaluate_entry_point_and_cross_process_determinism(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"{100 * runs[1]['final']['top1']:6.2f}" in out.stdout
+
+
+def test_use_all_cpu_cores_picks_a_divisor():
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from lt_jax import cli; n = cli.use_all_cpu_cores([64, 48, 500]);"
+        "import jax; print(n, jax.device_count())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    for cores, expect in (("6", "4 4"), ("1", "1 1"), ("3", "2 2")):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=dict(env, LT_JAX_CPU_DEVICES=cores),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.split() == expect.split(), (cores, out.stdout, out.stderr[-500:])
+    # A user-provided device count wins.
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=5"),
+    )
+    assert out.stdout.split() == ["None", "5"]

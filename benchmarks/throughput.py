@@ -1,0 +1,224 @@
+"""Training throughput of the ResNet-32 CIFAR step: lt_jax vs the same network in PyTorch eager.
+
+Usage: python benchmarks/throughput.py [--batch 128] [--steps 20] [--rounds 3]
+       (needs the [bench] extra: pip install -e '.[bench]')
+
+Both sides run forward + backward + SGD-momentum (wd 2e-4) on random 32x32x3 batches of
+the same size, float32, in one process, alternating rounds; each round times ``--steps``
+steady-state steps after warm-up, and the median round is reported. lt_jax's step is the
+real one of ``lt_jax.train`` (softmax CE, linear head, no augmentation so both sides do
+the same work). Also reported: lt_jax compile time, peak host memory (RSS) and a
+1-vs-N-device scaling line on virtual CPU devices (run in subprocesses, since the device
+count is fixed at JAX start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SCALING_SNIPPET = r"""
+import json, sys, time
+sys.argv = ["x"]
+import jax, numpy as np
+sys.path.insert(0, {root!r})
+from benchmarks.throughput import JaxStep
+step = JaxStep({batch}, devices=jax.devices())
+print(json.dumps(step.images_per_second({steps}, rounds=2)))
+"""
+
+
+class JaxStep:
+    """lt_jax's functional train step on a ResNet-32 with a batch of random images."""
+
+    def __init__(self, batch: int, devices=None):
+        import jax
+        import jax.numpy as jnp
+        import ml_collections
+        import optax
+        from flax import nnx
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        from lt_jax import methods, models, train
+
+        config = ml_collections.ConfigDict(
+            dict(dataset=dict(augment="none"), mixup_alpha=0.0, lr=0.1, wd=2e-4)
+        )
+        method = methods.get_method("ce", None, np.ones(10), 1)
+        model = models.create_model("resnet32", num_classes=10, rngs=nnx.Rngs(0))
+        graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        tx = optax.chain(optax.add_decayed_weights(2e-4), optax.sgd(0.1, momentum=0.9))
+        state = {
+            "params": params,
+            "batch_stats": stats,
+            "opt_state": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+        }
+        fn = train.make_train_step(
+            config, graphdef, nnx.graphdef(model.head), method, tx, lambda s: 0.1, (0.5,), (0.25,)
+        )
+        self.mesh = train.create_mesh(devices)
+        rep = NamedSharding(self.mesh, P())
+        self.state = jax.device_put(state, rep)
+        rng = np.random.default_rng(0)
+        self.images = train.shard_batch(
+            self.mesh, rng.integers(0, 255, (batch, 32, 32, 3), dtype=np.uint8)
+        )
+        self.labels = train.shard_batch(self.mesh, rng.integers(0, 10, batch).astype(np.int32))
+        self.key = jax.random.key(0)
+        self.batch = batch
+        self.step = jax.jit(fn, donate_argnums=(0,))
+        start = time.perf_counter()
+        self.state, m = self.step(self.state, self.images, self.labels, None, self.key)
+        jax.block_until_ready(m)
+        self.compile_s = time.perf_counter() - start
+
+    def run(self, steps: int) -> float:
+        import jax
+
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.state, m = self.step(self.state, self.images, self.labels, None, self.key)
+        jax.block_until_ready((self.state, m))
+        return steps * self.batch / (time.perf_counter() - start)
+
+    def images_per_second(self, steps: int, rounds: int = 3) -> float:
+        self.run(2)
+        return float(np.median([self.run(steps) for _ in range(rounds)]))
+
+
+def torch_resnet32(num_classes=10):
+    """The LDAM-DRW ResNet-32 (option-A shortcuts) in PyTorch, for the reference timing."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.stride, self.pad = stride, cout - cin
+
+        def forward(self, x):
+            y = F.relu(self.bn1(self.conv1(x)))
+            y = self.bn2(self.conv2(y))
+            if self.stride != 1 or self.pad:
+                x = F.pad(
+                    x[:, :, :: self.stride, :: self.stride],
+                    (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2),
+                )
+            return F.relu(y + x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.bn = nn.BatchNorm2d(16)
+            blocks, cin = [], 16
+            for width, stride in ((16, 1), (32, 2), (64, 2)):
+                for i in range(5):
+                    blocks.append(Block(cin, width, stride if i == 0 else 1))
+                    cin = width
+            self.blocks = nn.Sequential(*blocks)
+            self.fc = nn.Linear(64, num_classes)
+
+        def forward(self, x):
+            x = self.blocks(F.relu(self.bn(self.conv(x))))
+            return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    return Net()
+
+
+class TorchStep:
+    def __init__(self, batch: int, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = torch_resnet32()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+        self.x = torch.randn(batch, 3, 32, 32)
+        self.y = torch.randint(0, 10, (batch,))
+        self.batch = batch
+
+    def run(self, steps: int) -> float:
+        F = self.torch.nn.functional
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.opt.zero_grad(set_to_none=True)
+            F.cross_entropy(self.model(self.x), self.y).backward()
+            self.opt.step()
+        return steps * self.batch / (time.perf_counter() - start)
+
+
+def scaling_line(batch: int, steps: int, counts=(1, 8)) -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = {}
+    for n in counts:
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+        code = SCALING_SNIPPET.format(root=root, batch=batch, steps=steps)
+        res = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        out[n] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-scaling", action="store_true")
+    args = parser.parse_args()
+    import jax
+
+    cores = os.cpu_count()
+    print(
+        f"host: {platform.machine()} {cores} cores; jax {jax.__version__} "
+        f"({jax.device_count()} x {jax.devices()[0].platform})"
+    )
+    ours = JaxStep(args.batch)
+    try:
+        theirs = TorchStep(args.batch, threads=cores)
+    except ImportError:
+        theirs = None
+        print("torch not installed (pip install -e '.[bench]'): lt_jax only")
+    ours.run(2)
+    if theirs:
+        theirs.run(2)
+    jax_rates, torch_rates = [], []
+    for _ in range(args.rounds):  # alternate, so background load hits both alike
+        jax_rates.append(ours.run(args.steps))
+        if theirs:
+            torch_rates.append(theirs.run(args.steps))
+    j = float(np.median(jax_rates))
+    print(
+        f"lt_jax  ResNet-32 train step, batch {args.batch}: {j:8.1f} images/s "
+        f"(compile {ours.compile_s:.1f} s)"
+    )
+    if theirs:
+        t = float(np.median(torch_rates))
+        print(f"PyTorch {theirs.torch.__version__} eager, {cores} threads: {t:8.1f} images/s")
+        print(f"ratio lt_jax / PyTorch: {j / t:.2f}")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak host memory (RSS, both frameworks): {peak_mb:.0f} MiB")
+    if not args.no_scaling:
+        for n, rate in scaling_line(args.batch, args.steps).items():
+            print(f"scaling: {n} virtual CPU device(s): {rate:8.1f} images/s")
+
+
+if __name__ == "__main__":
+    main()
