@@ -7,7 +7,9 @@ r"""CIFAR-10-LT / CIFAR-100-LT with ResNet-32: every method of the spec, 200-epo
 
 Data: ``data_dir`` is the CIFAR python archive (cifar-10-python.tar.gz /
 cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html), its
-extracted folder, or an image folder ``root/{train,test}/<class>/*``. The LT
+extracted folder, or an image folder ``root/{train,test}/<class>/*``; left empty
+(or ``tfds`` / ``tfds:/path``) it reads TensorFlow Datasets' cifar10 / cifar100
+(the [tfds] extra, network on first use). The LT
 subset keeps n_i = floor(n_max * IF^(-i/(C-1))) images of class i (CIFAR-10 IF
 100: [5000, 2997, ..., 50], 12,406 images), seeded per class (split_seed).
 

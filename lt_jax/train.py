@@ -83,6 +83,10 @@ def load_dataset(cfg: ml_collections.ConfigDict):
         full = sources.load_mnist_5k()
     elif name == "image_folder" or os.path.isdir(os.path.join(cfg.data_dir, "train")):
         full = sources.load_image_folder(cfg.data_dir)
+    elif not cfg.data_dir or cfg.data_dir.startswith("tfds"):
+        # No local copy: TensorFlow Datasets ("tfds" or "tfds:/path/to/tfds_data_dir").
+        tfds_dir = cfg.data_dir.partition(":")[2] or None
+        full = sources.load_tfds(name.removesuffix("_lt"), data_dir=tfds_dir)
     else:
         full = sources.load_cifar_archive(cfg.data_dir, name.removesuffix("_lt"))
     if cfg.profile == "none":

@@ -283,3 +283,24 @@ def test_eval_padding_counts_every_example_once():
         shapes.add(idx.shape)
         seen += idx[mask].tolist()
     assert seen == list(range(10)) and shapes == {(4,)}
+
+
+def test_tfds_source_without_the_extra_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tfds(name, *args, **kwargs):
+        if name.startswith("tensorflow_datasets"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tfds)
+    with pytest.raises(FileNotFoundError, match=r"needs the \[tfds\] extra"):
+        sources.load_tfds("cifar10")
+
+
+def test_unreachable_host_is_detected_fast():
+    start = time.time()
+    assert not sources._reachable("127.0.0.1", 9, timeout=3.0)
+    assert time.time() - start < 5

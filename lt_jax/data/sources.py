@@ -238,3 +238,53 @@ def make_long_tailed(
     kept = longtail.subsample_indices(data.train_labels, counts, seed=seed)
     lt = data._replace(train_images=data.train_images[kept], train_labels=data.train_labels[kept])
     return lt, kept
+
+
+# --- TensorFlow Datasets (for users with internet) ------------------------------------------
+
+TFDS_HOST = ("www.cs.toronto.edu", 443)  # where the tfds CIFAR builders download from
+
+
+def _reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_tfds(name: str, *, data_dir: str | None = None, download: bool = True) -> ArrayDataset:
+    """CIFAR-10/100 through tensorflow-datasets (``pip install -e '.[tfds]'``).
+
+    Reads the prepared ArrayRecord files with ``builder.as_data_source`` (no TensorFlow
+    at read time). If the dataset is not prepared and the download host cannot be
+    reached within 3 s, fails at once with what to do instead (never tfds's retry loop).
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise FileNotFoundError(
+            f"reading {name} through TFDS needs the [tfds] extra (pip install -e '.[tfds]'); "
+            "or download the CIFAR python archive and set config.dataset.data_dir"
+        ) from None
+    builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+    if not builder.is_prepared():
+        if not download or not _reachable(*TFDS_HOST):
+            raise FileNotFoundError(
+                f"TFDS dataset {name} is not prepared in {builder.data_dir} and "
+                f"{TFDS_HOST[0]} cannot be reached; download the CIFAR python archive "
+                "elsewhere and set config.dataset.data_dir to it"
+            )
+        builder.download_and_prepare()
+    splits = {}
+    for split in ("train", "test"):
+        source = builder.as_data_source(split=split)
+        records = [source[i] for i in range(len(source))]
+        splits[split] = (
+            np.stack([r["image"] for r in records]).astype(np.uint8),
+            np.asarray([r["label"] for r in records], np.int32),
+        )
+    names = tuple(builder.info.features["label"].names)
+    return ArrayDataset(*splits["train"], *splits["test"], names)
