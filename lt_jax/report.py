@@ -90,6 +90,14 @@ def _plt():
     return plt
 
 
+def _save(fig, ax, path, legend=True) -> None:
+    if legend:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+
+
 def plot_per_class_accuracy(groups: dict, path: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -111,10 +119,7 @@ def plot_per_class_accuracy(groups: dict, path: str) -> None:
         ylabel="test accuracy (%)",
         title="Per-class accuracy, final epoch, mean over seeds",
     )
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def plot_feature_norms(groups: dict, path: str) -> None:
@@ -134,10 +139,7 @@ def plot_feature_norms(groups: dict, path: str) -> None:
         ylabel="mean feature norm |f| (test)",
         title="Per-class feature norm of the stage-1 backbone",
     )
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def plot_embedding(run: dict, path: str) -> bool:
@@ -152,9 +154,7 @@ def plot_embedding(run: dict, path: str) -> bool:
     sc = ax.scatter(*data["coords"].T, c=rank[data["labels"]], cmap="coolwarm", s=4)
     fig.colorbar(sc, ax=ax, label="class frequency rank (0 = head)")
     ax.set(title=f"PCA of test features: {run_label(run['config'])}", xticks=[], yticks=[])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path, legend=False)
     return True
 
 
@@ -166,9 +166,7 @@ def plot_confusion(run: dict, path: str) -> None:
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax)
     ax.set(xlabel="predicted", ylabel="true", title=f"Confusion: {run_label(run['config'])}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, ax, path, legend=False)
 
 
 def write_report(run_dirs: list[str], out: str) -> str:

@@ -369,14 +369,14 @@ class InMemoryInput:
 
     def train(self, order, *, epoch, start_batch, batch_size, seed):
         del epoch, seed
-        rows = _host_rows(batch_size)
+        rows = streaming.host_rows(batch_size)
         for b in range(start_batch, len(order) // batch_size):
             idx = order[b * batch_size : (b + 1) * batch_size][rows]
             yield self.images["train"], self.labels, shard_batch(self.mesh, idx)
 
     def infer(self, split, batch_size):
         n = len(self.data.test_labels if split == "test" else self.data.train_labels)
-        rows = _host_rows(batch_size)
+        rows = streaming.host_rows(batch_size)
         for idx, mask in augment.eval_batches(n, batch_size):
             yield self.images[split], shard_batch(self.mesh, idx[rows]), mask
 
@@ -414,11 +414,6 @@ class StreamedInput:
         for b, (x, _, _) in enumerate(batches):
             mask = np.arange(b * batch_size, (b + 1) * batch_size) < len(files)
             yield shard_batch(self.mesh, x), None, mask
-
-
-def _host_rows(batch_size: int) -> slice:
-    per_host = batch_size // jax.process_count()
-    return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
 
 
 # --- workdir bookkeeping ------------------------------------------------------------------------

@@ -74,7 +74,8 @@ def eval_transform(path: str, size: int, resize: int) -> np.ndarray:
     return np.asarray(im.crop((left, top, left + size, top + size)), np.uint8)
 
 
-def _host_rows(batch_size: int) -> slice:
+def host_rows(batch_size: int) -> slice:
+    """This process's rows of a global batch (hosts hold equal, contiguous slices)."""
     per_host = batch_size // jax.process_count()
     return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
 
@@ -96,7 +97,7 @@ def train_batches(
     ``order`` is the epoch's global index order (from ``lt_jax.data.samplers``);
     the last partial batch is dropped.
     """
-    rows = _host_rows(batch_size)
+    rows = host_rows(batch_size)
     num_batches = len(order) // batch_size
     items = [
         (int(order[b * batch_size + r]), b * batch_size + r)
@@ -130,7 +131,7 @@ def eval_batches(
     num_threads: int = 16,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(images, labels, mask) host rows of padded global batches; every example once."""
-    rows = _host_rows(batch_size)
+    rows = host_rows(batch_size)
     n = len(files)
     num_batches = -(-n // batch_size)
     items = [b * batch_size + r for b in range(num_batches) for r in range(rows.start, rows.stop)]
