@@ -104,7 +104,7 @@ def resnet32(*, num_classes: int, head: str = "linear", rngs: nnx.Rngs, **kw):
 
 
 class SmallCNN(nnx.Module):
-    """conv32-bn-relu-pool, conv64-bn-relu-pool, dense 128-relu, head: for 28x28 MNIST-LT."""
+    """conv32-bn-relu-pool, conv64-bn-relu-pool, dense128-bn-relu, head: for 28x28 MNIST-LT."""
 
     def __init__(
         self, *, num_classes: int, head: str = "linear", in_channels: int = 1, dtype=None, rngs
@@ -114,7 +114,10 @@ class SmallCNN(nnx.Module):
         self.bn1 = _bn(32, rngs, dtype)
         self.conv2 = nnx.Conv(32, 64, (3, 3), use_bias=False, dtype=dtype, rngs=rngs)
         self.bn2 = _bn(64, rngs, dtype)
-        self.dense = nnx.Linear(64 * 7 * 7, 128, dtype=dtype, rngs=rngs)
+        # BatchNorm before the feature ReLU, as in the ResNets: without it the 128 feature
+        # units can all die, and FBL's 1/|f| stimulus then diverges (seen on MNIST-LT).
+        self.dense = nnx.Linear(64 * 7 * 7, 128, use_bias=False, dtype=dtype, rngs=rngs)
+        self.bn3 = _bn(128, rngs, dtype)
         self.head = HEADS[head](128, num_classes, rngs=rngs)
 
     def features(self, x, train: bool):
@@ -123,7 +126,8 @@ class SmallCNN(nnx.Module):
             x = x.astype(self.dtype)
         x = pool(jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train)))
         x = pool(jax.nn.relu(self.bn2(self.conv2(x), use_running_average=not train)))
-        return jax.nn.relu(self.dense(x.reshape(x.shape[0], -1))).astype(jnp.float32)
+        x = self.bn3(self.dense(x.reshape(x.shape[0], -1)), use_running_average=not train)
+        return jax.nn.relu(x).astype(jnp.float32)
 
     def __call__(self, x, train: bool = False):
         f = self.features(x, train)
