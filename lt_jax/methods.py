@@ -1,6 +1,6 @@
 """Every method of the spec as a recipe: head type, loss as a function of the step, prediction.
 
-``get_method(config, class_counts, steps_per_epoch)`` returns a :class:`Method`:
+``get_method(name, loss_config, class_counts, steps_per_epoch)`` returns a :class:`Method`:
 
 * ``head``: ``"linear"`` or ``"cosine"``;
 * ``loss(logits, features, labels, key, step) -> [B]``: per-example loss, with any
@@ -31,17 +31,11 @@ class Method(NamedTuple):
     prob_scale: float = 1.0  # softmax(prob_scale * scores) are the probabilities (ECE)
 
 
-def _epoch(step, spe):
-    return step // spe
-
-
 def get_method(name: str, cfg, class_counts: np.ndarray, steps_per_epoch: int) -> Method:
     """Builds method ``name`` from the ``cfg.loss`` hyper-parameters (a ConfigDict/namespace)."""
-    counts = np.asarray(class_counts)
-    spe = steps_per_epoch
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
-    return METHODS[name](cfg, counts, spe)
+    return METHODS[name](cfg, np.asarray(class_counts), steps_per_epoch)
 
 
 def _ce(cfg, counts, spe):
@@ -124,7 +118,7 @@ def _kps_ga_optax(cfg, counts, spe):
 def _fbl(cfg, counts, spe):
     def loss(z, f, y, key, step):
         t = losses.fbl_curriculum(
-            _epoch(step, spe).astype(jnp.float32),
+            optim.epoch_of(step, spe).astype(jnp.float32),
             cfg.total_epochs,
             offset=cfg.offset,
             clamp=cfg.clamp,
