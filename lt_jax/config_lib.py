@@ -91,6 +91,7 @@ def base_config():
     c.lr_boundaries = (160, 180)
     c.lr_factors = (0.1, 0.01)
     c.mixup_alpha = 0.0
+    c.cutmix_alpha = 0.0  # CutMix instead of mixup when > 0
     c.dtype = "float32"  # or "bfloat16": trunk compute in bf16, head/losses/BN stats in f32
     c.pretrained = ""  # torchvision state_dict as .npz for the trunk (Places-LT ResNet-152)
     c.ga = ml_collections.ConfigDict(dict(alpha=1.0, r_min=0.1, decay=1.0))
@@ -137,6 +138,7 @@ def stage2_config(preset, *, epochs, lr=0.002, batch_size=64, mixup_alpha=0.0):
     c.momentum = 0.9
     c.wd = 2e-4
     c.mixup_alpha = mixup_alpha
+    c.cutmix_alpha = 0.0
     c.tau_grid = tuple(round(0.1 * i, 1) for i in range(21))
     return c
 

@@ -244,14 +244,25 @@ def _batch_loss_fn(method, y, mixed, k_loss, k_loss_b, step):
     return batch_loss
 
 
-def _prepare_batch(images, labels, idx, key, step, augment_mode, mixup_alpha, mean, std):
+def _prepare_batch(images, labels, idx, key, step, augment_mode, mix, mean, std):
+    """Gathers, augments and (with ``mix = (kind, alpha)``, alpha > 0) mixes a batch."""
     key = jax.random.fold_in(key, step)
     k_aug, k_mix, k_loss, k_loss_b = jax.random.split(key, 4)
     # idx None: images/labels are already this step's batch (streamed, host-augmented).
     x = _augment(images if idx is None else images[idx], k_aug, augment_mode, mean, std)
     y = labels if idx is None else labels[idx]
-    mixed = augment.mixup(k_mix, x, y, alpha=mixup_alpha) if mixup_alpha > 0 else None
+    kind, alpha = mix
+    mixer = {"mixup": augment.mixup, "cutmix": augment.cutmix}[kind]
+    mixed = mixer(k_mix, x, y, alpha=alpha) if alpha > 0 else None
     return (x if mixed is None else mixed.images), y, mixed, k_loss, k_loss_b
+
+
+def _mixing(config) -> tuple[str, float]:
+    """("mixup" | "cutmix", alpha) from ``mixup_alpha`` / ``cutmix_alpha`` (one may be set)."""
+    mixup, cutmix = config.get("mixup_alpha", 0.0), config.get("cutmix_alpha", 0.0)
+    if mixup > 0 and cutmix > 0:
+        raise ValueError("set mixup_alpha or cutmix_alpha, not both")
+    return ("cutmix", cutmix) if cutmix > 0 else ("mixup", mixup)
 
 
 def make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, mean, std):
@@ -259,7 +270,7 @@ def make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, mean, st
 
     def train_step(state, images, labels, idx, base_key):
         step = state["step"]
-        aug = (config.dataset.augment, config.mixup_alpha, mean, std)
+        aug = (config.dataset.augment, _mixing(config), mean, std)
         x, y, mixed, k_loss, k_loss_b = _prepare_batch(images, labels, idx, base_key, step, *aug)
         batch_loss = _batch_loss_fn(method, y, mixed, k_loss, k_loss_b, step)
 
@@ -306,7 +317,7 @@ def make_stage2_step(s2, graphdef, head_graphdef, method, tx, lr_fn, mean, std, 
     def step_fn(state, frozen, images, labels, idx, base_key):
         step = state["step"]
         x, y, mixed, k_loss, k_loss_b = _prepare_batch(
-            images, labels, idx, base_key, step, augment_mode, s2.mixup_alpha, mean, std
+            images, labels, idx, base_key, step, augment_mode, _mixing(s2), mean, std
         )
         model = nnx.merge(graphdef, frozen["params"], frozen["batch_stats"], copy=True)
         feats = jax.lax.stop_gradient(model.features(x, train=False))

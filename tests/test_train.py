@@ -345,3 +345,10 @@ def test_use_all_cpu_cores_picks_a_divisor():
         env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=5"),
     )
     assert out.stdout.split() == ["None", "5"]
+
+
+def test_cutmix_training_and_mixing_choice(tmp_path):
+    results = train.train_and_evaluate(tiny("ce", epochs=1, cutmix_alpha=1.0), str(tmp_path))
+    assert np.isfinite(results["final"]["top1"])
+    with pytest.raises(ValueError, match="mixup_alpha or cutmix_alpha, not both"):
+        train._mixing(tiny("ce", mixup_alpha=1.0, cutmix_alpha=1.0))
