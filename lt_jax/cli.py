@@ -38,22 +38,24 @@ def host_cores() -> int:
 
 
 def use_all_cpu_cores(batch_sizes) -> int | None:
-    """Gives XLA:CPU one virtual device per host core, before JAX's backends start.
+    """Opt-in (``LT_JAX_CPU_DEVICES=N``): N virtual XLA:CPU devices before JAX's backends start.
 
-    XLA:CPU runs a convolution on one core; with one device per core, the data-parallel
-    step shards the batch over all of them. Only the CPU platform is affected (a GPU/TPU
-    run ignores it). Skipped when XLA_FLAGS already sets a device count or
-    LT_JAX_CPU_DEVICES is set (``LT_JAX_CPU_DEVICES=1`` turns it off). The count is the
-    largest one not above the core count that divides every batch size. Returns it.
+    XLA:CPU runs a convolution on one core; with one device per core the data-parallel step
+    shards the batch over all of them (1.3x on 2 cores). It is opt-in because with 2 devices
+    on this 2-core machine the all-reduce rendezvous of XLA:CPU's collectives timed out in
+    about half of the default runs (40 s, process aborted). Only the CPU platform is
+    affected; skipped when XLA_FLAGS already sets a device count. The count used is the
+    largest one not above N that divides every batch size. Returns it (None: unchanged).
     """
     from jax._src import xla_bridge  # importing JAX is fine; its backends start lazily
 
-    if xla_bridge.backends_are_initialized():
-        return None  # too late: XLA_FLAGS was read when the backends started
+    wanted = os.environ.get("LT_JAX_CPU_DEVICES")
+    if not wanted or xla_bridge.backends_are_initialized():
+        return None
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" in flags:
         return None
-    wanted = int(os.environ.get("LT_JAX_CPU_DEVICES", host_cores()))
+    wanted = host_cores() if wanted == "all" else int(wanted)
     n = max(d for d in range(1, max(wanted, 1) + 1) if all(b % d == 0 for b in batch_sizes))
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
     return n
