@@ -491,7 +491,7 @@ class Stage(NamedTuple):
     prob_scale: float
 
 
-def run_stage(stage: Stage, ctx: dict) -> tuple[Any, list[dict]]:
+def run_stage(stage: Stage, ctx: dict) -> tuple[Any, dict]:
     """Epoch loop with sampling, logging, checkpoints, resume, SIGTERM and evaluation."""
     config, data, mesh, writer = ctx["config"], ctx["data"], ctx["mesh"], ctx["writer"]
     replicated = NamedSharding(mesh, P())
@@ -509,7 +509,7 @@ def run_stage(stage: Stage, ctx: dict) -> tuple[Any, list[dict]]:
         )
     # Not hash(name): Python salts str hashes per process, which would break reproducibility.
     key = jax.random.fold_in(jax.random.key(config.seed), int(stage.name[-1]))
-    history, best = [], None
+    history = []
     step = int(state["step"])
     start_time, start_step = time.time(), step
     m = None
@@ -652,6 +652,7 @@ def train_and_evaluate(
     # Stage 1: the whole network.
     spe = len(data.train_labels) // config.batch_size
     method = methods.get_method(config.method, config.loss, counts, spe)
+    stage2_method = _check_stage2(config, method.head, counts)  # before hours of stage 1
     tx, lr_fn = create_optimizer(config, spe, data.num_classes, method)
     state, graphdef, head_graphdef, tx = init_state(config, data.num_classes, method, tx)
     eval_step = jax.jit(make_eval_step(graphdef, mean, std), out_shardings=NamedSharding(mesh, P()))
@@ -691,7 +692,7 @@ def train_and_evaluate(
         results["stage2"] = tau_norm_search(state, infer, ctx, s2.tau_grid)
     elif s2.mode != "none":
         results["stage2"] = _run_stage2(
-            s2, state, method.head, graphdef, head_graphdef, ctx, infer, mean, std
+            s2, stage2_method, state, method.head, graphdef, head_graphdef, ctx, infer, mean, std
         )
     if "stage2" in results:
         results["final"], results["best_epoch"] = (
@@ -709,12 +710,15 @@ def train_and_evaluate(
 STAGE2_MODES = ("none", "retrain", "lws", "tau_norm")
 
 
-def _run_stage2(s2, stage1_state, head_kind, graphdef, head_graphdef, ctx, infer, mean, std):
-    config, data = ctx["config"], ctx["data"]
+def _check_stage2(config, head_kind, counts) -> methods.Method | None:
+    """Validates the stage-2 settings up front; returns the stage-2 method (None if no
+    stage 2 is trained)."""
+    s2 = config.stage2
     if s2.mode not in STAGE2_MODES:
         raise ValueError(f"unknown stage2.mode {s2.mode!r}; valid: {', '.join(STAGE2_MODES)}")
-    counts = data.class_counts
-    spe = len(data.train_labels) // s2.batch_size
+    if s2.mode in ("none", "tau_norm"):
+        return None
+    spe = int(np.sum(counts)) // s2.batch_size  # = len(train_labels) // batch
     method = methods.get_method(s2.method, s2.loss, counts, spe)
     if method.head != head_kind:
         raise ValueError(
@@ -722,6 +726,14 @@ def _run_stage2(s2, stage1_state, head_kind, graphdef, head_graphdef, ctx, infer
             f"({config.method!r}) built a {head_kind} head; pick a stage-2 method for "
             f"{head_kind} logits"
         )
+    return method
+
+
+def _run_stage2(
+    s2, method, stage1_state, head_kind, graphdef, head_graphdef, ctx, infer, mean, std
+):
+    config, data = ctx["config"], ctx["data"]
+    spe = len(data.train_labels) // s2.batch_size
     frozen = {"params": stage1_state["params"], "batch_stats": stage1_state["batch_stats"]}
     if s2.mode == "lws":
         trainable = jnp.ones((data.num_classes,), jnp.float32)

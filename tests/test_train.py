@@ -352,3 +352,17 @@ def test_cutmix_training_and_mixing_choice(tmp_path):
     assert np.isfinite(results["final"]["top1"])
     with pytest.raises(ValueError, match="mixup_alpha or cutmix_alpha, not both"):
         train._mixing(tiny("ce", mixup_alpha=1.0, cutmix_alpha=1.0))
+
+
+def test_bad_stage2_settings_fail_before_stage1_trains(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(train, "run_stage", lambda *a, **k: calls.append(a))
+    config = load_config("configs/default.py", "method=ce,stage2=crt,runlocal")
+    config.unlock()
+    config.stage2.mode = "retrian"
+    with pytest.raises(ValueError, match="unknown stage2.mode 'retrian'"):
+        train.train_and_evaluate(config, str(tmp_path / "a"))
+    config = load_config("configs/default.py", "method=gcl,stage2=crt,runlocal")
+    with pytest.raises(ValueError, match="trains a linear head but stage 1"):
+        train.train_and_evaluate(config, str(tmp_path / "b"))
+    assert calls == []
