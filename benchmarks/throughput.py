@@ -76,7 +76,7 @@ class JaxStep:
         self.labels = train.shard_batch(self.mesh, rng.integers(0, 10, batch).astype(np.int32))
         self.key = jax.random.key(0)
         self.batch = batch
-        self.step = jax.jit(fn, donate_argnums=(0,))
+        self.step = train.jit_step(fn, donate_argnums=(0,))
         start = time.perf_counter()
         self.state, m = self.step(self.state, self.images, self.labels, None, self.key)
         jax.block_until_ready(m)

@@ -265,6 +265,11 @@ def _mixing(config) -> tuple[str, float]:
     return ("cutmix", cutmix) if cutmix > 0 else ("mixup", mixup)
 
 
+def jit_step(fn, **kw):
+    """``jax.jit`` with the default backend's compiler options (``models.kernels``)."""
+    return jax.jit(fn, compiler_options=models.kernels.compiler_options(), **kw)
+
+
 def make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, mean, std):
     """Stage 1: the whole network. ``(state, images, labels, idx, key) -> (state, metrics)``."""
 
@@ -655,13 +660,15 @@ def train_and_evaluate(
     stage2_method = _check_stage2(config, method.head, counts)  # before hours of stage 1
     tx, lr_fn = create_optimizer(config, spe, data.num_classes, method)
     state, graphdef, head_graphdef, tx = init_state(config, data.num_classes, method, tx)
-    eval_step = jax.jit(make_eval_step(graphdef, mean, std), out_shardings=NamedSharding(mesh, P()))
+    eval_step = jit_step(
+        make_eval_step(graphdef, mean, std), out_shardings=NamedSharding(mesh, P())
+    )
     eval_batch = _eval_batch(config.eval_batch_size, n_dev)
 
     def infer(params, batch_stats, split="test"):
         return evaluate(eval_step, params, batch_stats, source.infer(split, eval_batch))
 
-    step1 = jax.jit(
+    step1 = jit_step(
         make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, mean, std),
         donate_argnums=(0,),
     )
@@ -751,7 +758,7 @@ def _run_stage2(
         "opt_state": tx.init(trainable),
         "step": jnp.zeros((), jnp.int32),
     }
-    step2 = jax.jit(
+    step2 = jit_step(
         make_stage2_step(
             s2, graphdef, head_graphdef, method, tx, lr_fn, mean, std, config.dataset.augment
         ),

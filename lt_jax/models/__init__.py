@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from lt_jax.models import kernels
 from lt_jax.models.heads import HEADS, CosineHead, LinearHead, LWSScale, tau_normalize
 from lt_jax.models.resnet import (
     ResNet,
@@ -65,6 +66,7 @@ __all__ = [
     "SmallCNN",
     "create_model",
     "frozen_param_labels",
+    "kernels",
     "load_torchvision_weights",
     "resnet152_places",
     "resnet32",

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lt_jax.models import kernels
 from lt_jax.models.heads import HEADS
 
 _KAIMING = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -41,7 +42,7 @@ def _bn(c, rngs, dtype):
 class Bottleneck(nnx.Module):
     expansion = 4
 
-    def __init__(self, cin, planes, stride, *, groups, base_width, rngs, dtype=None):
+    def __init__(self, cin, planes, stride, *, groups, base_width, rngs, dtype=None, impl="xla"):
         width = int(planes * (base_width / 64.0)) * groups
         cout = planes * self.expansion
         self.conv1, self.bn1 = _conv(cin, width, 1, 1, rngs, dtype), _bn(width, rngs, dtype)
@@ -50,19 +51,20 @@ class Bottleneck(nnx.Module):
         self.conv3, self.bn3 = _conv(width, cout, 1, 1, rngs, dtype), _bn(cout, rngs, dtype)
         # Projection shortcut (conv 1x1 + BN) where the shape changes; empty otherwise.
         needs = stride != 1 or cin != cout
+        self.impl = impl
         self.downsample = nnx.List(
             [_conv(cin, cout, 1, stride, rngs, dtype), _bn(cout, rngs, dtype)] if needs else []
         )
 
     def __call__(self, x, train: bool):
         ra = not train
-        y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=ra))
-        y = jax.nn.relu(self.bn2(self.conv2(y), use_running_average=ra))
+        y = kernels.relu(self.bn1(self.conv1(x), use_running_average=ra), self.impl, train)
+        y = kernels.relu(self.bn2(self.conv2(y), use_running_average=ra), self.impl, train)
         y = self.bn3(self.conv3(y), use_running_average=ra)
         if len(self.downsample):
             conv, bn = self.downsample
             x = bn(conv(x), use_running_average=ra)
-        return jax.nn.relu(y + x)
+        return kernels.relu(y + x, self.impl, train)
 
 
 class ResNet(nnx.Module):
@@ -77,11 +79,14 @@ class ResNet(nnx.Module):
         in_channels: int = 3,
         trainable_blocks: int | None = None,
         dtype=None,
+        impl: str | None = None,
         rngs: nnx.Rngs,
     ):
         """``trainable_blocks``: if set, only the last that many bottlenecks (and the
         head) train; earlier ones run BatchNorm in inference mode (Places-LT)."""
         self.dtype = dtype
+        # Backend-specific kernels (models/kernels.py); None: the default backend's.
+        self.impl = kernels.check_implementation(impl or kernels.implementation())
         self.stem = _conv(in_channels, 64, 7, 2, rngs, dtype)
         self.stem_bn = _bn(64, rngs, dtype)
         blocks, cin = [], 64
@@ -96,6 +101,7 @@ class ResNet(nnx.Module):
                     base_width=width_per_group,
                     rngs=rngs,
                     dtype=dtype,
+                    impl=self.impl,
                 )
                 blocks.append(block)
                 cin = planes * Bottleneck.expansion
@@ -108,7 +114,8 @@ class ResNet(nnx.Module):
         if self.dtype is not None:
             x = x.astype(self.dtype)
         trunk_train = train and self.num_frozen == 0
-        x = jax.nn.relu(self.stem_bn(self.stem(x), use_running_average=not trunk_train))
+        x = self.stem_bn(self.stem(x), use_running_average=not trunk_train)
+        x = kernels.relu(x, self.impl, trunk_train)
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, block in enumerate(self.blocks):
             if i < self.num_frozen:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lt_jax.models import kernels
 from lt_jax.models.heads import HEADS
 
 _KAIMING = nnx.initializers.kaiming_normal()
@@ -38,13 +39,16 @@ def _bn(c, rngs, dtype=None):
 
 
 class BasicBlock(nnx.Module):
-    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs, dtype=None):
+    def __init__(
+        self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs, dtype=None, impl: str = "xla"
+    ):
         self.conv1 = _conv(cin, cout, stride, rngs, dtype)
         self.bn1 = _bn(cout, rngs, dtype)
         self.conv2 = _conv(cout, cout, 1, rngs, dtype)
         self.bn2 = _bn(cout, rngs, dtype)
         self.stride = stride
         self.pad = cout - cin
+        self.impl = impl
 
     def shortcut(self, x):
         # Option A: subsample spatially, zero-pad the new channels on both sides.
@@ -54,9 +58,10 @@ class BasicBlock(nnx.Module):
         return x
 
     def __call__(self, x, train: bool):
-        y = jax.nn.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        y = self.bn1(self.conv1(x), use_running_average=not train)
+        y = kernels.relu(y, self.impl, train)
         y = self.bn2(self.conv2(y), use_running_average=not train)
-        return jax.nn.relu(y + self.shortcut(x))
+        return kernels.relu(y + self.shortcut(x), self.impl, train)
 
 
 class ResNetCifar(nnx.Module):
@@ -68,19 +73,24 @@ class ResNetCifar(nnx.Module):
         head: str = "linear",
         in_channels: int = 3,
         dtype=None,
+        impl: str | None = None,
         rngs: nnx.Rngs,
     ):
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2, got {depth}")
         n = (depth - 2) // 6
         self.dtype = dtype
+        # Backend-specific kernels (models/kernels.py); None: the default backend's.
+        self.impl = kernels.check_implementation(impl or kernels.implementation())
         self.stem = _conv(in_channels, 16, 1, rngs, dtype)
         self.stem_bn = _bn(16, rngs, dtype)
         blocks, cin = [], 16
         for width, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):
                 stride_i = stride if i == 0 else 1
-                blocks.append(BasicBlock(cin, width, stride_i, rngs=rngs, dtype=dtype))
+                blocks.append(
+                    BasicBlock(cin, width, stride_i, rngs=rngs, dtype=dtype, impl=self.impl)
+                )
                 cin = width
         self.blocks = nnx.List(blocks)
         self.head = HEADS[head](64, num_classes, rngs=rngs)
@@ -88,7 +98,8 @@ class ResNetCifar(nnx.Module):
     def features(self, x, train: bool):
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        x = jax.nn.relu(self.stem_bn(self.stem(x), use_running_average=not train))
+        x = self.stem_bn(self.stem(x), use_running_average=not train)
+        x = kernels.relu(x, self.impl, train)
         for block in self.blocks:
             x = block(x, train)
         # The head and the losses run in float32 (bf16 compute stays in the trunk).
