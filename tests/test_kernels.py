@@ -139,3 +139,79 @@ def test_cpu_train_gradients_equal_the_plain_xla_programs():
     for a, b in zip(jax.tree.leaves(s_xla), jax.tree.leaves(s_cpu), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
     assert any(float(np.max(np.abs(g))) > 0 for g in flat_x)
+
+
+def _numpy_batch_norm(x, scale, bias, eps):
+    """Training-mode BatchNorm in float64 NumPy: biased batch variance over all but the
+    last axis."""
+    x = np.asarray(x, np.float64)
+    axes = tuple(range(x.ndim - 1))
+    mean, var = x.mean(axes), x.var(axes)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias, mean, var
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 5, 3), (64, 200)])
+def test_batch_norm_train_matches_numpy(shape):
+    # Channels far from zero mean: the E[x^2] - E[x]^2 variance is checked where it is weak.
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=shape) * 2.0 + 3.0).astype(np.float32)
+    scale = rng.uniform(0.5, 2, shape[-1]).astype(np.float32)
+    bias = rng.normal(size=shape[-1]).astype(np.float32)
+    y, mean, var = jax.jit(kernels.batch_norm_train, static_argnums=3)(x, scale, bias, 1e-5)
+    ry, rmean, rvar = _numpy_batch_norm(x, scale, bias, 1e-5)
+    np.testing.assert_allclose(mean, rmean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var, rvar, rtol=1e-4)
+    np.testing.assert_allclose(y, ry, rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_train_gradient_matches_finite_differences():
+    """Hand-written backward pass against float64 central differences of the NumPy
+    formula, for a loss that uses the output and both batch statistics."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 3, 4)).astype(np.float32) + 1.0
+    scale = rng.uniform(0.5, 2, 4).astype(np.float32)
+    bias = rng.normal(size=4).astype(np.float32)
+    w_y = rng.normal(size=x.shape)
+    w_m, w_v = rng.normal(size=4), rng.normal(size=4)
+
+    def np_loss(x, scale, bias):
+        y, m, v = _numpy_batch_norm(x, scale, bias, 1e-3)
+        return np.sum(y * w_y) + np.sum(m * w_m) + np.sum(v * w_v)
+
+    def jax_loss(x, scale, bias):
+        y, m, v = kernels.batch_norm_train(x, scale, bias, 1e-3)
+        return jnp.sum(y * w_y) + jnp.sum(m * w_m) + jnp.sum(v * w_v)
+
+    grads = jax.grad(jax_loss, argnums=(0, 1, 2))(x, scale, bias)
+    args = [np.asarray(a, np.float64) for a in (x, scale, bias)]
+    for i, g in enumerate(grads):
+        fd = np.zeros_like(args[i])
+        for idx in np.ndindex(*args[i].shape):
+            plus = [a.copy() for a in args]
+            minus = [a.copy() for a in args]
+            plus[i][idx] += 1e-6
+            minus[i][idx] -= 1e-6
+            fd[idx] = (np_loss(*plus) - np_loss(*minus)) / 2e-6
+        np.testing.assert_allclose(g, fd, rtol=2e-3, atol=2e-3)
+
+
+def test_batch_norm_module_matches_flax_batch_norm():
+    """Same outputs and running averages as nnx.BatchNorm in training; evaluation and
+    non-float32 inputs go straight to nnx.BatchNorm."""
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(8, 4, 4, 6)).astype(np.float32) + 2)
+    ours = kernels.BatchNorm(6, momentum=0.9, epsilon=1e-5, impl="cpu", rngs=nnx.Rngs(0))
+    ref = nnx.BatchNorm(6, momentum=0.9, epsilon=1e-5, rngs=nnx.Rngs(0))
+    for _ in range(2):
+        np.testing.assert_allclose(ours(x, False), ref(x, False), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours.mean[...], ref.mean[...], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.var[...], ref.var[...], rtol=1e-4)
+    np.testing.assert_allclose(ours(x, True), ref(x, True), rtol=1e-5, atol=1e-6)
+    graphdef, variables = nnx.split(ours)
+
+    def program(use_running_average, v):
+        call = lambda st, v: nnx.merge(graphdef, st, copy=True)(v, use_running_average)  # noqa: E731
+        return str(jax.make_jaxpr(call)(variables, v))
+
+    assert "dot_general" in program(False, x)
+    assert "dot_general" not in program(True, x)
+    assert "dot_general" not in program(False, x.astype(jnp.bfloat16))

@@ -35,8 +35,8 @@ def _conv(cin, cout, k, stride, rngs, dtype, groups=1):
     )
 
 
-def _bn(c, rngs, dtype):
-    return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+def _bn(c, rngs, dtype, impl="xla"):
+    return kernels.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, impl=impl, rngs=rngs)
 
 
 class Bottleneck(nnx.Module):
@@ -45,15 +45,18 @@ class Bottleneck(nnx.Module):
     def __init__(self, cin, planes, stride, *, groups, base_width, rngs, dtype=None, impl="xla"):
         width = int(planes * (base_width / 64.0)) * groups
         cout = planes * self.expansion
-        self.conv1, self.bn1 = _conv(cin, width, 1, 1, rngs, dtype), _bn(width, rngs, dtype)
+        self.conv1 = _conv(cin, width, 1, 1, rngs, dtype)
+        self.bn1 = _bn(width, rngs, dtype, impl)
         self.conv2 = _conv(width, width, 3, stride, rngs, dtype, groups)
-        self.bn2 = _bn(width, rngs, dtype)
-        self.conv3, self.bn3 = _conv(width, cout, 1, 1, rngs, dtype), _bn(cout, rngs, dtype)
+        self.bn2 = _bn(width, rngs, dtype, impl)
+        self.conv3, self.bn3 = _conv(width, cout, 1, 1, rngs, dtype), _bn(cout, rngs, dtype, impl)
         # Projection shortcut (conv 1x1 + BN) where the shape changes; empty otherwise.
         needs = stride != 1 or cin != cout
         self.impl = impl
         self.downsample = nnx.List(
-            [_conv(cin, cout, 1, stride, rngs, dtype), _bn(cout, rngs, dtype)] if needs else []
+            [_conv(cin, cout, 1, stride, rngs, dtype), _bn(cout, rngs, dtype, impl)]
+            if needs
+            else []
         )
 
     def __call__(self, x, train: bool):
@@ -88,7 +91,7 @@ class ResNet(nnx.Module):
         # Backend-specific kernels (models/kernels.py); None: the default backend's.
         self.impl = kernels.check_implementation(impl or kernels.implementation())
         self.stem = _conv(in_channels, 64, 7, 2, rngs, dtype)
-        self.stem_bn = _bn(64, rngs, dtype)
+        self.stem_bn = _bn(64, rngs, dtype, self.impl)
         blocks, cin = [], 64
         for stage, (planes, n) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
             for i in range(n):

@@ -33,9 +33,9 @@ def _conv(cin, cout, stride, rngs, dtype=None):
     )
 
 
-def _bn(c, rngs, dtype=None):
+def _bn(c, rngs, dtype=None, impl="xla"):
     # momentum 0.9 = PyTorch's BatchNorm momentum 0.1. Statistics stay float32.
-    return nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+    return kernels.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, impl=impl, rngs=rngs)
 
 
 class BasicBlock(nnx.Module):
@@ -43,9 +43,9 @@ class BasicBlock(nnx.Module):
         self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs, dtype=None, impl: str = "xla"
     ):
         self.conv1 = _conv(cin, cout, stride, rngs, dtype)
-        self.bn1 = _bn(cout, rngs, dtype)
+        self.bn1 = _bn(cout, rngs, dtype, impl)
         self.conv2 = _conv(cout, cout, 1, rngs, dtype)
-        self.bn2 = _bn(cout, rngs, dtype)
+        self.bn2 = _bn(cout, rngs, dtype, impl)
         self.stride = stride
         self.pad = cout - cin
         self.impl = impl
@@ -83,7 +83,7 @@ class ResNetCifar(nnx.Module):
         # Backend-specific kernels (models/kernels.py); None: the default backend's.
         self.impl = kernels.check_implementation(impl or kernels.implementation())
         self.stem = _conv(in_channels, 16, 1, rngs, dtype)
-        self.stem_bn = _bn(16, rngs, dtype)
+        self.stem_bn = _bn(16, rngs, dtype, self.impl)
         blocks, cin = [], 16
         for width, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):
