@@ -1,6 +1,7 @@
 """Training throughput of the ResNet-32 CIFAR step: lt_jax vs the same network in PyTorch eager.
 
-Usage: python benchmarks/throughput.py [--batch 128] [--steps 20] [--rounds 3]
+Usage: python benchmarks/throughput.py [--batch 128] [--steps 10] [--rounds 3]
+           [--kernels auto|xla|cpu] [--compiler-options auto|none]
        (needs the [bench] extra: pip install -e '.[bench]')
 
 Both sides run forward + backward + SGD-momentum (wd 2e-4) on random 32x32x3 batches of
@@ -9,7 +10,9 @@ steady-state steps after warm-up, and the median round is reported. lt_jax's ste
 real one of ``lt_jax.train`` (softmax CE, linear head, no augmentation so both sides do
 the same work). Also reported: lt_jax compile time, peak host memory (RSS) and a
 1-vs-N-device scaling line on virtual CPU devices (run in subprocesses, since the device
-count is fixed at JAX start-up).
+count is fixed at JAX start-up). ``--kernels`` / ``--compiler-options`` switch off the CPU
+fixes of ``lt_jax.models.kernels`` (``xla`` / ``none``: the plain XLA program) to measure
+each one's share.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ sys.argv = ["x"]
 import jax, numpy as np
 sys.path.insert(0, {root!r})
 from benchmarks.throughput import JaxStep
-step = JaxStep({batch}, devices=jax.devices())
+step = JaxStep({batch}, devices=jax.devices(), impl={impl!r}, options={options!r})
 print(json.dumps(step.images_per_second({steps}, rounds=2)))
 """
 
@@ -39,7 +42,7 @@ print(json.dumps(step.images_per_second({steps}, rounds=2)))
 class JaxStep:
     """lt_jax's functional train step on a ResNet-32 with a batch of random images."""
 
-    def __init__(self, batch: int, devices=None):
+    def __init__(self, batch: int, devices=None, impl="auto", options="auto"):
         import jax
         import jax.numpy as jnp
         import ml_collections
@@ -54,7 +57,12 @@ class JaxStep:
             dict(dataset=dict(augment="none"), mixup_alpha=0.0, lr=0.1, wd=2e-4)
         )
         method = methods.get_method("ce", None, np.ones(10), 1)
-        model = models.create_model("resnet32", num_classes=10, rngs=nnx.Rngs(0))
+        model = models.create_model(
+            "resnet32",
+            num_classes=10,
+            rngs=nnx.Rngs(0),
+            impl=None if impl == "auto" else impl,
+        )
         graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         tx = optax.chain(optax.add_decayed_weights(2e-4), optax.sgd(0.1, momentum=0.9))
         state = {
@@ -76,7 +84,11 @@ class JaxStep:
         self.labels = train.shard_batch(self.mesh, rng.integers(0, 10, batch).astype(np.int32))
         self.key = jax.random.key(0)
         self.batch = batch
-        self.step = train.jit_step(fn, donate_argnums=(0,))
+        self.impl = model.impl
+        if options == "auto":
+            self.step = train.jit_step(fn, donate_argnums=(0,))
+        else:
+            self.step = jax.jit(fn, donate_argnums=(0,))
         start = time.perf_counter()
         self.state, m = self.step(self.state, self.images, self.labels, None, self.key)
         jax.block_until_ready(m)
@@ -163,12 +175,14 @@ class TorchStep:
         return steps * self.batch / (time.perf_counter() - start)
 
 
-def scaling_line(batch: int, steps: int, counts=(1, 8)) -> dict:
+def scaling_line(batch: int, steps: int, impl, options, counts=(1, 8)) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = {}
     for n in counts:
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-        code = SCALING_SNIPPET.format(root=root, batch=batch, steps=steps)
+        code = SCALING_SNIPPET.format(
+            root=root, batch=batch, steps=steps, impl=impl, options=options
+        )
         res = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )
@@ -182,6 +196,8 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--kernels", choices=("auto", "xla", "cpu"), default="auto")
+    parser.add_argument("--compiler-options", choices=("auto", "none"), default="auto")
     args = parser.parse_args()
     import jax
 
@@ -190,7 +206,7 @@ def main():
         f"host: {platform.machine()} {cores} cores; jax {jax.__version__} "
         f"({jax.device_count()} x {jax.devices()[0].platform})"
     )
-    ours = JaxStep(args.batch)
+    ours = JaxStep(args.batch, impl=args.kernels, options=args.compiler_options)
     try:
         theirs = TorchStep(args.batch, threads=cores)
     except ImportError:
@@ -207,7 +223,8 @@ def main():
     j = float(np.median(jax_rates))
     print(
         f"lt_jax  ResNet-32 train step, batch {args.batch}: {j:8.1f} images/s "
-        f"(compile {ours.compile_s:.1f} s)"
+        f"(compile {ours.compile_s:.1f} s; kernels {ours.impl}, compiler options "
+        f"{args.compiler_options})"
     )
     if theirs:
         t = float(np.median(torch_rates))
@@ -216,7 +233,8 @@ def main():
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak host memory (RSS, both frameworks): {peak_mb:.0f} MiB")
     if not args.no_scaling:
-        for n, rate in scaling_line(args.batch, args.steps).items():
+        lines = scaling_line(args.batch, args.steps, args.kernels, args.compiler_options)
+        for n, rate in lines.items():
             print(f"scaling: {n} virtual CPU device(s): {rate:8.1f} images/s")
 
 
