@@ -93,6 +93,9 @@ def base_config():
     c.mixup_alpha = 0.0
     c.cutmix_alpha = 0.0  # CutMix instead of mixup when > 0
     c.dtype = "float32"  # or "bfloat16": trunk compute in bf16, head/losses/BN stats in f32
+    # auto: lt_jax.models.kernels' CPU fixes on the CPU backend, plain XLA elsewhere;
+    # xla: the plain XLA program everywhere (cpu: the CPU fixes everywhere, for tests).
+    c.kernels = "auto"
     c.pretrained = ""  # torchvision state_dict as .npz for the trunk (Places-LT ResNet-152)
     c.ga = ml_collections.ConfigDict(dict(alpha=1.0, r_min=0.1, decay=1.0))
     c.shot_convention = "paper"

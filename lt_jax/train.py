@@ -181,6 +181,16 @@ def create_optimizer(config, steps_per_epoch: int, num_classes: int, method: met
     return optax.chain(*parts), lr
 
 
+def _kernels(config) -> str:
+    """The model's kernel implementation (``config.kernels``: auto | xla | cpu)."""
+    name = config.get("kernels", "auto")
+    if name == "auto":
+        return models.kernels.implementation()
+    if name not in models.kernels.IMPLEMENTATIONS:
+        raise ValueError(f"unknown config.kernels {name!r}; valid: auto, xla, cpu")
+    return name
+
+
 def _compute_dtype(name: str):
     if name not in ("float32", "bfloat16"):
         raise ValueError(f"unknown dtype {name!r}; valid: float32, bfloat16")
@@ -200,6 +210,7 @@ def init_state(config, num_classes, method, tx):
         head=method.head,
         rngs=nnx.Rngs(config.seed),
         dtype=_compute_dtype(config.get("dtype", "float32")),
+        impl=_kernels(config),
         **({"in_channels": 1} if config.dataset.name == "mnist_lt" else {}),
     )
     if config.get("pretrained"):
@@ -265,9 +276,11 @@ def _mixing(config) -> tuple[str, float]:
     return ("cutmix", cutmix) if cutmix > 0 else ("mixup", mixup)
 
 
-def jit_step(fn, **kw):
-    """``jax.jit`` with the default backend's compiler options (``models.kernels``)."""
-    return jax.jit(fn, compiler_options=models.kernels.compiler_options(), **kw)
+def jit_step(fn, kernels: str | None = None, **kw):
+    """``jax.jit`` with the compiler options of ``kernels`` (``models.kernels``; None: the
+    default backend's implementation)."""
+    options = None if kernels == "xla" else models.kernels.compiler_options()
+    return jax.jit(fn, compiler_options=options, **kw)
 
 
 def make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, mean, std):
@@ -660,8 +673,9 @@ def train_and_evaluate(
     stage2_method = _check_stage2(config, method.head, counts)  # before hours of stage 1
     tx, lr_fn = create_optimizer(config, spe, data.num_classes, method)
     state, graphdef, head_graphdef, tx = init_state(config, data.num_classes, method, tx)
+    kernels = _kernels(config)  # fails fast on an unknown name
     eval_step = jit_step(
-        make_eval_step(graphdef, mean, std), out_shardings=NamedSharding(mesh, P())
+        make_eval_step(graphdef, mean, std), kernels, out_shardings=NamedSharding(mesh, P())
     )
     eval_batch = _eval_batch(config.eval_batch_size, n_dev)
 
@@ -670,6 +684,7 @@ def train_and_evaluate(
 
     step1 = jit_step(
         make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, mean, std),
+        kernels,
         donate_argnums=(0,),
     )
     stage1 = Stage(
@@ -762,6 +777,7 @@ def _run_stage2(
         make_stage2_step(
             s2, graphdef, head_graphdef, method, tx, lr_fn, mean, std, config.dataset.augment
         ),
+        _kernels(config),
         donate_argnums=(0,),
     )
 

@@ -215,3 +215,16 @@ def test_batch_norm_module_matches_flax_batch_norm():
     assert "dot_general" in program(False, x)
     assert "dot_general" not in program(True, x)
     assert "dot_general" not in program(False, x.astype(jnp.bfloat16))
+
+
+def test_config_kernels_switch(tmp_path):
+    """config.kernels picks the model's kernels; an unknown name fails before training."""
+    from lt_jax import sweep, train
+
+    config = sweep.load_config("configs/default.py", "epochs=1,runlocal")
+    assert train._kernels(config) == "cpu"  # auto, on this CPU backend
+    config.kernels = "xla"
+    assert train._kernels(config) == "xla"
+    config.kernels = "fastest"
+    with pytest.raises(ValueError, match="unknown config.kernels 'fastest'; valid: auto, xla, cpu"):
+        train.train_and_evaluate(config, str(tmp_path))

@@ -118,9 +118,19 @@ class SmallCNN(nnx.Module):
     """conv32-bn-relu-pool, conv64-bn-relu-pool, dense128-bn-relu, head: for 28x28 MNIST-LT."""
 
     def __init__(
-        self, *, num_classes: int, head: str = "linear", in_channels: int = 1, dtype=None, rngs
+        self,
+        *,
+        num_classes: int,
+        head: str = "linear",
+        in_channels: int = 1,
+        dtype=None,
+        impl: str | None = None,
+        rngs,
     ):
         self.dtype = dtype
+        # Always the plain ops: without a residual stream XLA:CPU has nothing to re-compute,
+        # and this net's step is dominated by compilation and dispatch, not by its kernels.
+        self.impl = kernels.check_implementation(impl or "xla")
         self.conv1 = nnx.Conv(in_channels, 32, (3, 3), use_bias=False, dtype=dtype, rngs=rngs)
         self.bn1 = _bn(32, rngs, dtype)
         self.conv2 = nnx.Conv(32, 64, (3, 3), use_bias=False, dtype=dtype, rngs=rngs)
