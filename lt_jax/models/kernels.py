@@ -1,7 +1,7 @@
 """Backend-specific building blocks: plain XLA ops on GPU/TPU, a few CPU fixes on XLA:CPU.
 
-Two measured XLA:CPU problems slow the ResNet train step (jax 0.10.2, see
-``benchmarks/throughput.py`` and the README's "CPU speed" section):
+Three measured XLA:CPU problems slow the ResNet train step (jax 0.10.2; numbers from
+``benchmarks/throughput.py`` in the README's "Benchmarks" section):
 
 1. **Re-computed residual streams.** A convolution's weight gradient wants its
    input transposed (channels major). XLA:CPU fuses the cheap elementwise ops that
@@ -25,7 +25,8 @@ Two measured XLA:CPU problems slow the ResNet train step (jax 0.10.2, see
    train step is compiled with :func:`compiler_options`, which turns them off.
 
 ``implementation(backend)`` picks ``"cpu"`` only for the CPU backend; GPU and
-TPU keep exactly the plain XLA program (``jax.nn.relu``, no compiler options).
+TPU keep exactly the plain XLA program (``jax.nn.relu``, ``nnx.BatchNorm``, the
+default compiler options); ``config.kernels = "xla"`` asks for it on CPU too.
 """
 
 from __future__ import annotations
