@@ -448,6 +448,11 @@ class StreamedInput:
 # --- workdir bookkeeping ------------------------------------------------------------------------
 
 
+# Config keys added after runs were first written, with the value that reproduces those runs:
+# an older workdir without the key resumes when the key has this value.
+_ADDED_KEYS = {"kernels": "auto"}
+
+
 def check_workdir_config(workdir: str, config) -> None:
     """Refuses a workdir holding a run with a different config."""
     path = os.path.join(workdir, "config.json")
@@ -455,6 +460,7 @@ def check_workdir_config(workdir: str, config) -> None:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
+        old = {**{k: v for k, v in _ADDED_KEYS.items() if k in current}, **old}
         if old != current:
             diff = sorted(k for k in set(old) | set(current) if old.get(k) != current.get(k))
             raise TrainingError(

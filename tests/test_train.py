@@ -366,3 +366,18 @@ def test_bad_stage2_settings_fail_before_stage1_trains(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="trains a linear head but stage 1"):
         train.train_and_evaluate(config, str(tmp_path / "b"))
     assert calls == []
+
+
+def test_workdir_from_before_config_kernels_resumes(tmp_path):
+    """A run written before config.kernels existed ran the default kernels: it resumes with
+    kernels=auto and is refused with any other choice."""
+    config = tiny("ce")
+    train.check_workdir_config(str(tmp_path), config)
+    path = tmp_path / "config.json"
+    old = json.loads(path.read_text())
+    del old["kernels"]
+    path.write_text(json.dumps(old))
+    train.check_workdir_config(str(tmp_path), config)
+    config.kernels = "xla"
+    with pytest.raises(train.TrainingError, match=r"differs in: kernels\)"):
+        train.check_workdir_config(str(tmp_path), config)
