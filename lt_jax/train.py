@@ -375,11 +375,20 @@ def evaluate(eval_step, params, batch_stats, batches):
     ``batches`` yields ``(images, idx, mask)`` with global arrays and a host-side
     global mask of the padding rows.
     """
-    logits, feats = [], []
+    logits, feats, pending = [], [], None
+
+    def fetch(outputs, mask):
+        logits.append(np.asarray(outputs[0])[mask])
+        feats.append(np.asarray(outputs[1])[mask])
+
     for images, idx, mask in batches:
-        z, f = eval_step(params, batch_stats, images, idx)
-        logits.append(np.asarray(z)[mask])
-        feats.append(np.asarray(f)[mask])
+        # Dispatch batch i before waiting for batch i-1, so the device never idles on the host.
+        outputs = eval_step(params, batch_stats, images, idx)
+        if pending is not None:
+            fetch(*pending)
+        pending = (outputs, mask)
+    if pending is not None:
+        fetch(*pending)
     return np.concatenate(logits), np.concatenate(feats)
 
 

@@ -381,3 +381,22 @@ def test_workdir_from_before_config_kernels_resumes(tmp_path):
     config.kernels = "xla"
     with pytest.raises(train.TrainingError, match=r"differs in: kernels\)"):
         train.check_workdir_config(str(tmp_path), config)
+
+
+def test_evaluate_keeps_order_and_drops_padding():
+    """Batch i is dispatched before batch i-1 is fetched; results still come back in order,
+    padding rows removed."""
+    calls = []
+
+    def eval_step(params, batch_stats, images, idx):
+        calls.append(int(idx[0]))
+        return jnp.asarray(idx, jnp.float32)[:, None] * 2, jnp.asarray(idx)[:, None]
+
+    batches = [
+        (None, np.array([0, 1, 2]), np.array([True, True, True])),
+        (None, np.array([3, 4, 0]), np.array([True, True, False])),
+    ]
+    logits, feats = train.evaluate(eval_step, None, None, iter(batches))
+    assert calls == [0, 3]
+    np.testing.assert_array_equal(logits[:, 0], [0, 2, 4, 6, 8])
+    np.testing.assert_array_equal(feats[:, 0], [0, 1, 2, 3, 4])
