@@ -324,10 +324,11 @@ def test_use_all_cpu_cores_picks_a_divisor():
 
     code = (
         "import os; from lt_jax import cli; n = cli.use_all_cpu_cores([64, 48, 500]);"
-        "import jax; print(n, jax.device_count())"
+        "import jax; print(n, jax.device_count(),"
+        " 'terminate_timeout_seconds=600' in os.environ['XLA_FLAGS'])"
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    for cores, expect in (("6", "4 4"), ("1", "1 1"), ("3", "2 2")):
+    for cores, expect in (("6", "4 4 True"), ("1", "1 1 True"), ("3", "2 2 True")):
         out = subprocess.run(
             [sys.executable, "-c", code],
             env=dict(env, LT_JAX_CPU_DEVICES=cores),
@@ -344,7 +345,7 @@ def test_use_all_cpu_cores_picks_a_divisor():
         check=True,
         env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=5"),
     )
-    assert out.stdout.split() == ["None", "5"]
+    assert out.stdout.split() == ["None", "5", "False"]
 
 
 def test_cutmix_training_and_mixing_choice(tmp_path):
