@@ -85,10 +85,9 @@ class JaxStep:
         self.key = jax.random.key(0)
         self.batch = batch
         self.impl = model.impl
-        if options == "auto":
-            self.step = train.jit_step(fn, donate_argnums=(0,))
-        else:
-            self.step = jax.jit(fn, donate_argnums=(0,))
+        # kernels "xla" = jax.jit without compiler options; None = the backend's options.
+        kernels = "xla" if options == "none" else None
+        self.step = train.jit_step(fn, kernels, donate_argnums=(0,))
         start = time.perf_counter()
         self.state, m = self.step(self.state, self.images, self.labels, None, self.key)
         jax.block_until_ready(m)

@@ -48,13 +48,12 @@ def loss_config(method, total_epochs, reference_epochs=200):
         )
     cfg = dict(methods.LOSS_DEFAULTS[method])
     for key in methods.EPOCH_KEYS:
-        if key in cfg:  # the FBL curriculum offset may become 0; epoch switches stay >= 1
-            scaled = round(cfg[key] * total_epochs / reference_epochs)
-            cfg[key] = (
-                scaled
-                if key == "offset"
-                else scale_epochs(cfg[key], total_epochs, reference_epochs)
-            )
+        if key not in cfg:
+            continue
+        if key == "offset":  # the FBL curriculum offset may become 0
+            cfg[key] = round(cfg[key] * total_epochs / reference_epochs)
+        else:  # epoch switches stay >= 1
+            cfg[key] = scale_epochs(cfg[key], total_epochs, reference_epochs)
     return ml_collections.ConfigDict(cfg)
 
 

@@ -686,9 +686,9 @@ def train_and_evaluate(
     spe = len(data.train_labels) // config.batch_size
     method = methods.get_method(config.method, config.loss, counts, spe)
     stage2_method = _check_stage2(config, method.head, counts)  # before hours of stage 1
+    kernels = _kernels(config)  # fails fast on an unknown name
     tx, lr_fn = create_optimizer(config, spe, data.num_classes, method)
     state, graphdef, head_graphdef, tx = init_state(config, data.num_classes, method, tx)
-    kernels = _kernels(config)  # fails fast on an unknown name
     eval_step = jit_step(
         make_eval_step(graphdef, mean, std), kernels, out_shardings=NamedSharding(mesh, P())
     )

@@ -11,58 +11,35 @@ from lt_jax import report, sweep
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
+def _sweep(root, methods, seeds):
+    sweep.main(
+        [
+            "--config",
+            os.path.join(ROOT, "configs", "default.py"),
+            "--root",
+            str(root),
+            "--methods",
+            methods,
+            "--seeds",
+            seeds,
+            "--args",
+            "runlocal",
+        ]
+    )
+
+
 @pytest.fixture(scope="module")
 def sweep_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    config = os.path.join(ROOT, "configs", "default.py")
-    sweep.main(
-        [
-            "--config",
-            config,
-            "--root",
-            str(root),
-            "--methods",
-            "ce",
-            "--seeds",
-            "0,1",
-            "--args",
-            "runlocal",
-        ]
-    )
-    sweep.main(
-        [
-            "--config",
-            config,
-            "--root",
-            str(root),
-            "--methods",
-            "gcl",
-            "--seeds",
-            "0",
-            "--args",
-            "runlocal",
-        ]
-    )
+    _sweep(root, "ce", "0,1")
+    _sweep(root, "gcl", "0")
     return root
 
 
 def test_sweep_layout_and_skip(sweep_root):
     assert sorted(os.listdir(sweep_root)) == ["ce_s0", "ce_s1", "gcl_s0"]
     before = os.path.getmtime(sweep_root / "ce_s0" / "results.json")
-    sweep.main(
-        [
-            "--config",
-            os.path.join(ROOT, "configs", "default.py"),
-            "--root",
-            str(sweep_root),
-            "--methods",
-            "ce",
-            "--seeds",
-            "0",
-            "--args",
-            "runlocal",
-        ]
-    )
+    _sweep(sweep_root, "ce", "0")
     assert os.path.getmtime(sweep_root / "ce_s0" / "results.json") == before
 
 

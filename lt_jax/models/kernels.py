@@ -56,6 +56,11 @@ def check_implementation(impl: str) -> str:
     return impl
 
 
+def resolve(impl: str | None) -> str:
+    """A model's ``impl`` argument: None means the default backend's implementation."""
+    return check_implementation(impl or implementation())
+
+
 def compiler_options(backend: str | None = None) -> dict | None:
     """XLA options for jitting a train/eval step on ``backend`` (None: no options).
 
@@ -94,7 +99,7 @@ def relu(x, impl: str, train: bool):
 
 def _channel_sums(a2, b2=None):
     """Per-channel ``sum(a)`` and ``sum(a * b)`` (``b = a`` if None) of (rows, C) matrices,
-    as matrix products (multithreaded on XLA:CPU, unlike its reductions): ``sum(a * b)`` is
+    as matrix products (faster on XLA:CPU than its split reductions): ``sum(a * b)`` is
     the diagonal of ``a.T @ b`` up to 128 channels (C times the work of a sum, but it reads
     the inputs where they are), beyond that a ones-vector product with ``a * b``."""
     b2 = a2 if b2 is None else b2

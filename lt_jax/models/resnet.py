@@ -89,7 +89,7 @@ class ResNet(nnx.Module):
         head) train; earlier ones run BatchNorm in inference mode (Places-LT)."""
         self.dtype = dtype
         # Backend-specific kernels (models/kernels.py); None: the default backend's.
-        self.impl = kernels.check_implementation(impl or kernels.implementation())
+        self.impl = kernels.resolve(impl)
         self.stem = _conv(in_channels, 64, 7, 2, rngs, dtype)
         self.stem_bn = _bn(64, rngs, dtype, self.impl)
         blocks, cin = [], 64

@@ -81,7 +81,7 @@ class ResNetCifar(nnx.Module):
         n = (depth - 2) // 6
         self.dtype = dtype
         # Backend-specific kernels (models/kernels.py); None: the default backend's.
-        self.impl = kernels.check_implementation(impl or kernels.implementation())
+        self.impl = kernels.resolve(impl)
         self.stem = _conv(in_channels, 16, 1, rngs, dtype)
         self.stem_bn = _bn(16, rngs, dtype, self.impl)
         blocks, cin = [], 16
