@@ -153,24 +153,33 @@ def torch_resnet32(num_classes=10):
 
 
 class TorchStep:
-    def __init__(self, batch: int, threads: int):
+    """The same step in PyTorch eager, on the CPU or (``device="cuda"``) the GPU."""
+
+    def __init__(self, batch: int, threads: int, device: str = "cpu"):
         import torch
 
         torch.set_num_threads(threads)
         self.torch = torch
-        self.model = torch_resnet32()
+        self.device = device
+        self.model = torch_resnet32().to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-        self.x = torch.randn(batch, 3, 32, 32)
-        self.y = torch.randint(0, 10, (batch,))
+        self.x = torch.randn(batch, 3, 32, 32, device=device)
+        self.y = torch.randint(0, 10, (batch,), device=device)
         self.batch = batch
+
+    def _sync(self):
+        if self.device != "cpu":
+            self.torch.cuda.synchronize()
 
     def run(self, steps: int) -> float:
         F = self.torch.nn.functional
+        self._sync()
         start = time.perf_counter()
         for _ in range(steps):
             self.opt.zero_grad(set_to_none=True)
             F.cross_entropy(self.model(self.x), self.y).backward()
             self.opt.step()
+        self._sync()
         return steps * self.batch / (time.perf_counter() - start)
 
 
@@ -207,7 +216,15 @@ def main():
     )
     ours = JaxStep(args.batch, impl=args.kernels, options=args.compiler_options)
     try:
-        theirs = TorchStep(args.batch, threads=cores)
+        # PyTorch on the GPU when JAX runs on one (and torch was built with CUDA).
+        device = "cpu"
+        if jax.devices()[0].platform == "gpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ImportError("torch was built without CUDA")
+            device = "cuda"
+        theirs = TorchStep(args.batch, threads=cores, device=device)
     except ImportError:
         theirs = None
         print("torch not installed (pip install -e '.[bench]'): lt_jax only")
@@ -227,7 +244,8 @@ def main():
     )
     if theirs:
         t = float(np.median(torch_rates))
-        print(f"PyTorch {theirs.torch.__version__} eager, {cores} threads: {t:8.1f} images/s")
+        where = "GPU" if theirs.device != "cpu" else f"{cores} threads"
+        print(f"PyTorch {theirs.torch.__version__} eager, {where}: {t:8.1f} images/s")
         print(f"ratio lt_jax / PyTorch: {j / t:.2f}")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak host memory (RSS, both frameworks): {peak_mb:.0f} MiB")
