@@ -27,9 +27,9 @@ from lt_jax.models import kernels
 from lt_jax.models.resnet_cifar import ResNetCifar
 
 
-def loss_and_grad(impl, device, x, y):
-    """Cross-entropy of a seeded ResNet-32 and its parameter gradients, compiled for
-    ``device`` with the compiler options lt_jax uses on that device's backend."""
+def model_loss(impl, device):
+    """A seeded ResNet-32 with kernels ``impl`` on ``device``: (cross-entropy of (params,
+    BatchNorm stats, images, labels), params, stats)."""
     with jax.default_device(device):
         model = ResNetCifar(num_classes=10, depth=32, impl=impl, rngs=nnx.Rngs(3))
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -39,11 +39,23 @@ def loss_and_grad(impl, device, x, y):
         lse = jax.nn.logsumexp(logits, axis=-1)
         return jnp.mean(lse - jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0])
 
+    return loss, params, stats
+
+
+def loss_and_grad(impl, device, x, y):
+    """The loss and its parameter gradients, compiled for ``device`` with the compiler
+    options lt_jax uses on that device's backend."""
+    loss, params, stats = model_loss(impl, device)
     options = kernels.compiler_options(device.platform)
     fn = jax.jit(jax.value_and_grad(loss), compiler_options=options)
     value, grads = fn(*jax.device_put((params, stats, x, y), device))
-    jaxpr = str(jax.make_jaxpr(loss)(params, stats, x, y))
-    return float(value), [np.asarray(g) for g in jax.tree.leaves(grads)], jaxpr
+    return float(value), [np.asarray(g) for g in jax.tree.leaves(grads)]
+
+
+def program(impl, device, x, y) -> str:
+    """The traced program (jaxpr) of the loss: what the kernels choice changes."""
+    loss, params, stats = model_loss(impl, device)
+    return str(jax.make_jaxpr(loss)(params, stats, x, y))
 
 
 def main():
@@ -62,9 +74,8 @@ def main():
     x = rng.normal(size=(args.batch, 32, 32, 3)).astype(np.float32)
     y = rng.integers(0, 10, args.batch)
     here, cpu = jax.devices()[0], jax.devices("cpu")[0]
-    _, _, jaxpr_default = loss_and_grad(None, here, x, y)
-    _, _, jaxpr_xla = loss_and_grad("xla", here, x, y)
-    print(f"default program == plain XLA program (jaxpr): {jaxpr_default == jaxpr_xla}")
+    same = program(None, here, x, y) == program("xla", here, x, y)
+    print(f"default program == plain XLA program (jaxpr): {same}")
     for precision in ("default", "highest"):
         ctx = (
             jax.default_matmul_precision("highest")
@@ -72,8 +83,8 @@ def main():
             else contextlib.nullcontext()
         )
         with ctx:
-            v_here, g_here, _ = loss_and_grad(None, here, x, y)
-            v_ref, g_ref, _ = loss_and_grad("cpu" if backend != "cpu" else "xla", cpu, x, y)
+            v_here, g_here = loss_and_grad(None, here, x, y)
+            v_ref, g_ref = loss_and_grad("cpu" if backend != "cpu" else "xla", cpu, x, y)
         worst = max(
             float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-12))
             for a, b in zip(g_here, g_ref, strict=True)

@@ -18,7 +18,6 @@ batch order, so compare across seeds).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -28,15 +27,6 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "cifar10_jpeg")
-
-
-def load_config(epochs, seed, data_dir):
-    spec = importlib.util.spec_from_file_location(
-        "cifar_lt", os.path.join(ROOT, "configs/cifar_lt.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(f"method=ce,epochs={epochs},seed={seed},data_dir={data_dir}")
 
 
 def main():
@@ -54,12 +44,15 @@ def main():
 
     sys.path.insert(0, ROOT)  # run as a script from anywhere
     from benchmarks.throughput import torch_resnet32
-    from lt_jax import train
+    from lt_jax import sweep, train
     from lt_jax.data import augment
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    config = load_config(args.epochs, args.seed, args.data_dir)
+    config = sweep.load_config(
+        os.path.join(ROOT, "configs", "cifar_lt.py"),
+        f"method=ce,epochs={args.epochs},seed={args.seed},data_dir={args.data_dir}",
+    )
     data, _ = train.load_dataset(config.dataset)
     mean = torch.tensor(augment.CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(augment.CIFAR_STD).view(1, 3, 1, 1)
