@@ -1,0 +1,200 @@
+"""A native 3x3 convolution for XLA:CPU, built on first use from ``lt_jax/csrc/conv3x3.cc``.
+
+XLA:CPU's own (Eigen) convolutions are the largest part of a CPU training step, and
+their weight gradients run at about half the speed of the forward pass. The C++ file
+holds direct convolutions for the three passes of a 3x3, padding-1 convolution
+(stride 1 or 2, NHWC/HWIO, float32), registered as XLA FFI custom calls that work off
+XLA's intra-op thread pool. :func:`conv3x3` is the convolution with its gradient wired
+to them.
+
+The library is compiled for the host (``-O3 -march=native``) with the system C++
+compiler (``$CXX``, else ``c++``/``g++``/``clang++``) against the FFI headers that jaxlib
+ships, and cached under ``$LT_JAX_CACHE`` (default ``~/.cache/lt_jax``) keyed by the
+source, the compiler, jaxlib and the CPU, so a later run, or another machine sharing the
+home directory, never loads a build that was not made for it. Building takes a few
+seconds once. Without a compiler (or with ``LT_JAX_NATIVE=0``) :func:`available` is False,
+a one-line warning says why, and the models keep XLA's convolutions: the numbers are the
+same, only slower.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import importlib.resources
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_TARGETS = {
+    "lt_jax_conv3x3_fwd": "LtJaxConv3x3Fwd",
+    "lt_jax_conv3x3_dgrad": "LtJaxConv3x3Dgrad",
+    "lt_jax_conv3x3_wgrad": "LtJaxConv3x3Wgrad",
+}
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+_LANES = 16  # the kernels vectorise over 16 output channels
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _source() -> bytes:
+    return importlib.resources.files("lt_jax").joinpath("csrc/conv3x3.cc").read_bytes()
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the architecture and the CPU's feature flags."""
+    ident = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features", "model name")):
+                    ident += line
+    except OSError:
+        ident += platform.processor()
+    return ident
+
+
+def _cache_dir() -> str:
+    root = os.environ.get("LT_JAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lt_jax"
+    )
+    try:
+        os.makedirs(root, exist_ok=True)
+        if os.access(root, os.W_OK):
+            return root
+    except OSError:
+        pass
+    return tempfile.gettempdir()
+
+
+def _build() -> str:
+    """Path of the compiled library for this host, compiling it if needed (raises on failure)."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set $CXX)")
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    include = jax.ffi.include_dir()
+    source = _source()
+    key = hashlib.sha256()
+    for part in (source, version, jax.__version__, jax.lib.__version__, _cpu_identity(), _FLAGS):
+        key.update(repr(part).encode() if not isinstance(part, bytes) else part)
+    lib = os.path.join(_cache_dir(), f"conv3x3-{key.hexdigest()[:16]}.so")
+    if os.path.exists(lib):
+        return lib
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "conv3x3.cc")
+        with open(src, "wb") as f:
+            f.write(source)
+        out = os.path.join(tmp, "conv3x3.so")
+        proc = subprocess.run(
+            [cxx, *_FLAGS, "-I", include, src, "-o", out], capture_output=True, text=True
+        )
+        if proc.returncode:
+            raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-2000:]}")
+        # Atomic, so concurrent processes (pytest -n, several runs) never load a partial file.
+        staged = f"{lib}.{os.getpid()}.tmp"
+        shutil.copyfile(out, staged)
+        os.replace(staged, lib)
+    return lib
+
+
+def available() -> bool:
+    """True when the native convolution is built and registered with XLA:CPU."""
+    with _lock:
+        if "ok" not in _state:
+            _state["ok"] = False
+            if os.environ.get("LT_JAX_NATIVE", "1") == "0":
+                _state["why"] = "disabled by LT_JAX_NATIVE=0"
+            else:
+                try:
+                    lib = ctypes.cdll.LoadLibrary(_build())
+                    for target, symbol in _TARGETS.items():
+                        capsule = jax.ffi.pycapsule(getattr(lib, symbol))
+                        jax.ffi.register_ffi_target(target, capsule, platform="cpu")
+                    _state.update(ok=True, library=lib)
+                except Exception as e:  # any failure means: keep XLA's convolutions
+                    _state["why"] = f"{type(e).__name__}: {e}"
+                    logging.warning(
+                        "lt_jax: native CPU convolution unavailable (%s); using XLA's, "
+                        "which is slower",
+                        _state["why"],
+                    )
+        return _state["ok"]
+
+
+def unavailable_reason() -> str | None:
+    available()
+    return _state.get("why")
+
+
+def supports(x_shape, w_shape, stride: int, dtype) -> bool:
+    """Whether :func:`conv3x3` runs natively for these shapes (else use XLA's convolution)."""
+    return (
+        len(x_shape) == 4
+        and tuple(w_shape[:2]) == (3, 3)
+        and stride in (1, 2)
+        and w_shape[3] % _LANES == 0
+        and jnp.dtype(dtype) == jnp.float32
+    )
+
+
+def _out_shape(x_shape, w_shape, stride):
+    n, h, w, _ = x_shape
+    return (n, (h - 1) // stride + 1, (w - 1) // stride + 1, w_shape[3])
+
+
+def _fwd_call(x, w, stride):
+    out = jax.ShapeDtypeStruct(_out_shape(x.shape, w.shape, stride), jnp.float32)
+    return jax.ffi.ffi_call("lt_jax_conv3x3_fwd", out)(x, w, stride=np.int64(stride))
+
+
+def _xla_conv(x, w, stride):
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3(x, w, stride: int = 1):
+    """``conv_general_dilated(x, w, (stride, stride), padding 1, NHWC/HWIO)`` in float32,
+    computed by the native kernels (call :func:`available` first; shapes per :func:`supports`)."""
+    return _fwd_call(x, w, stride)
+
+
+def _conv3x3_fwd(x, w, stride):
+    return _fwd_call(x, w, stride), (x, w)
+
+
+def _conv3x3_bwd(stride, res, g):
+    x, w = res
+    g = g.astype(jnp.float32)
+    dw = jax.ffi.ffi_call("lt_jax_conv3x3_wgrad", jax.ShapeDtypeStruct(w.shape, jnp.float32))(
+        x, g, stride=np.int64(stride)
+    )
+    if x.shape[3] % _LANES == 0:
+        dx = jax.ffi.ffi_call("lt_jax_conv3x3_dgrad", jax.ShapeDtypeStruct(x.shape, jnp.float32))(
+            g, w, stride=np.int64(stride)
+        )
+    else:  # e.g. the RGB stem: XLA's transpose (its input gradient is rarely used at all)
+        dx = jax.vjp(lambda x_: _xla_conv(x_, w, stride), x)[1](g)[0]
+    return dx, dw
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
