@@ -238,34 +238,39 @@ void DgradRows(const float* dy, const float* wf, float* dx, const Shape& d, int6
   });
 }
 
-// Weight gradient of one output row, added into dw: for each tap row a, the three taps
-// b = 0..2 of kC input channels and kQ blocks of output channels are accumulated at once
-// (3 * kC * kQ = 24 vectors).
+// Weight gradient of image n, added into dw. `image` is the zero-padded image
+// ((h + 2) x (w + 2) x k). For each tap row a, the three taps b = 0..2 of kC input
+// channels and kQ blocks of output channels are accumulated at once (3 * kC * kQ = 24
+// vectors) over every output pixel of the image, then added to dw.
 template <int kC, int kQ, int kS>
-void WgradRow(const float* rows, int64_t wp, const float* g, const Shape& d, float* dw) {
+void WgradImage(const float* image, const float* g, const Shape& d, float* dw) {
+  const int64_t wp = d.w + 2;
   for (int a = 0; a < 3; ++a) {
-    const float* xs = rows + a * wp * d.k;
     for (int64_t m0 = 0; m0 < d.m; m0 += kQ * kV) {
       for (int64_t c0 = 0; c0 + kC <= d.k; c0 += kC) {
         v16 acc[3][kC][kQ];
         for (int b = 0; b < 3; ++b)
           for (int c = 0; c < kC; ++c)
             for (int q = 0; q < kQ; ++q) acc[b][c][q] = splat(0.f);
-        for (int64_t p = 0; p < d.wo; ++p) {
-          v16 gv[kQ];
-          for (int q = 0; q < kQ; ++q) gv[q] = load(g + p * d.m + m0 + q * kV);
-          const float* xp = xs + kS * p * d.k + c0;
-          for (int b = 0; b < 3; ++b)
-            for (int c = 0; c < kC; ++c) {
-              const v16 xv = splat(xp[b * d.k + c]);
-              for (int q = 0; q < kQ; ++q) acc[b][c][q] += xv * gv[q];
-            }
+        for (int64_t o = 0; o < d.ho; ++o) {
+          const float* xs = image + ((kS * o + a) * wp) * d.k + c0;
+          const float* gs = g + o * d.wo * d.m + m0;
+          for (int64_t p = 0; p < d.wo; ++p) {
+            v16 gv[kQ];
+            for (int q = 0; q < kQ; ++q) gv[q] = load(gs + p * d.m + q * kV);
+            const float* xp = xs + kS * p * d.k;
+            for (int b = 0; b < 3; ++b)
+              for (int c = 0; c < kC; ++c) {
+                const v16 xv = splat(xp[b * d.k + c]);
+                for (int q = 0; q < kQ; ++q) acc[b][c][q] += xv * gv[q];
+              }
+          }
         }
         for (int b = 0; b < 3; ++b)
           for (int c = 0; c < kC; ++c)
             for (int q = 0; q < kQ; ++q) {
-              float* o = dw + ((a * 3 + b) * d.k + c0 + c) * d.m + m0 + q * kV;
-              store(o, load(o) + acc[b][c][q]);
+              float* out = dw + ((a * 3 + b) * d.k + c0 + c) * d.m + m0 + q * kV;
+              store(out, load(out) + acc[b][c][q]);
             }
       }
     }
@@ -273,22 +278,26 @@ void WgradRow(const float* rows, int64_t wp, const float* g, const Shape& d, flo
 }
 
 template <int kS>
-void WgradRowAny(const float* rows, int64_t wp, const float* g, const Shape& d, float* dw) {
-  if (d.m % (4 * kV) == 0 && d.k % 2 == 0) WgradRow<2, 4, kS>(rows, wp, g, d, dw);
-  else if (d.m % (2 * kV) == 0 && d.k % 4 == 0) WgradRow<4, 2, kS>(rows, wp, g, d, dw);
-  else if (d.k % 8 == 0) WgradRow<8, 1, kS>(rows, wp, g, d, dw);
-  else WgradRow<1, 1, kS>(rows, wp, g, d, dw);
+void WgradImageAny(const float* image, const float* g, const Shape& d, float* dw) {
+  if (d.m % (4 * kV) == 0 && d.k % 2 == 0) WgradImage<2, 4, kS>(image, g, d, dw);
+  else if (d.m % (2 * kV) == 0 && d.k % 4 == 0) WgradImage<4, 2, kS>(image, g, d, dw);
+  else if (d.k % 8 == 0) WgradImage<8, 1, kS>(image, g, d, dw);
+  else WgradImage<1, 1, kS>(image, g, d, dw);
 }
 
-void WgradRows(const float* x, const float* g, float* dw, const Shape& d, int64_t r0,
-               int64_t r1) {
-  std::vector<float> scratch(3 * (d.w + 2) * d.k);
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t n = r / d.ho, o = r % d.ho;
-    InputRows(x, d, n, o, scratch.data());
-    const float* grow = g + r * d.wo * d.m;
-    if (d.s == 1) WgradRowAny<1>(scratch.data(), d.w + 2, grow, d, dw);
-    else WgradRowAny<2>(scratch.data(), d.w + 2, grow, d, dw);
+// Images [n0, n1): partial weight gradient added into dw.
+void WgradImages(const float* x, const float* g, float* dw, const Shape& d, int64_t n0,
+                 int64_t n1) {
+  const int64_t wp = d.w + 2;
+  // One spare padded row below: a stride-2 layer of odd height reads row h + 1.
+  std::vector<float> image((d.h + 3) * wp * d.k, 0.f);
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t r = 0; r < d.h; ++r)
+      std::memcpy(image.data() + ((r + 1) * wp + 1) * d.k, x + ((n * d.h + r) * d.w) * d.k,
+                  sizeof(float) * d.w * d.k);
+    const float* gn = g + n * d.ho * d.wo * d.m;
+    if (d.s == 1) WgradImageAny<1>(image.data(), gn, d, dw);
+    else WgradImageAny<2>(image.data(), gn, d, dw);
   }
 }
 
@@ -351,13 +360,13 @@ ffi::Error Wgrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi:
   const Shape d = Geometry(x.dimensions(), dy.dimensions(), stride);
   if (ffi::Error e = Check(d); e.failure()) return e;
   const int64_t size = 9 * d.k * d.m;
-  const int64_t rows = d.n * d.ho, chunks = std::min(rows, kChunks);
+  const int64_t chunks = std::min(d.n, kChunks);
   std::vector<float> partial(chunks * size, 0.f);
   const float *xp = x.typed_data(), *gp = dy.typed_data();
   float* pp = partial.data();
   ParallelFor(pool, chunks, [&](int64_t c) {
-    WgradRows(xp, gp, pp + c * size, d, ChunkBegin(rows, chunks, c),
-              ChunkBegin(rows, chunks, c + 1));
+    WgradImages(xp, gp, pp + c * size, d, ChunkBegin(d.n, chunks, c),
+                ChunkBegin(d.n, chunks, c + 1));
   });
   float* out = dw->typed_data();
   std::memcpy(out, pp, sizeof(float) * size);

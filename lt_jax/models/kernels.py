@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lt_jax.models import native
+
 IMPLEMENTATIONS = ("xla", "cpu")
 
 # Empty list = no YNNPACK library fusions; XLA's own (Eigen) convolutions instead.
@@ -189,4 +191,61 @@ class BatchNorm(nnx.BatchNorm):
         m = self.momentum
         self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
         self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
+        return y
+
+
+def _pair(v, default):
+    if v is None:
+        return (default, default)
+    if isinstance(v, int):
+        return (v, v)
+    return tuple(v)
+
+
+class Conv(nnx.Conv):
+    """``nnx.Conv`` (same variables) whose 3x3, padding-1 convolutions run on
+    :mod:`lt_jax.models.native`'s kernels when ``impl == "cpu"``.
+
+    Every other case is ``nnx.Conv`` itself: other implementations, kernel sizes,
+    paddings, dilations and groups, non-float32 inputs, channel counts the kernels do
+    not vectorise, a missing C++ compiler, and programs over more than one device
+    (XLA would replicate a custom call across a sharded batch).
+    """
+
+    def __init__(self, *args, impl: str = "xla", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.impl = impl
+
+    def _native_stride(self, x) -> int | None:
+        strides = _pair(self.strides, 1)
+        padding = self.padding
+        if isinstance(padding, int):
+            padding = ((padding, padding), (padding, padding))
+        if (
+            self.impl != "cpu"
+            or tuple(self.kernel_size) != (3, 3)
+            or strides[0] != strides[1]
+            or not isinstance(padding, (tuple, list))
+            or tuple(map(tuple, padding)) != ((1, 1), (1, 1))
+            or _pair(self.input_dilation, 1) != (1, 1)
+            or _pair(self.kernel_dilation, 1) != (1, 1)
+            or self.feature_group_count != 1
+            or self.mask is not None
+            or self.dtype not in (None, jnp.float32)
+            or self.kernel[...].dtype != jnp.float32
+            or x.dtype != jnp.float32
+            or not native.supports(x.shape, self.kernel_shape, strides[0], x.dtype)
+            or jax.device_count() != 1
+            or not native.available()
+        ):
+            return None
+        return strides[0]
+
+    def __call__(self, x):
+        stride = self._native_stride(x)
+        if stride is None:
+            return super().__call__(x)
+        y = native.conv3x3(x, self.kernel[...], stride)
+        if self.bias is not None:
+            y = y + self.bias[...]
         return y

@@ -19,8 +19,8 @@ from lt_jax.models.heads import HEADS
 _KAIMING = nnx.initializers.kaiming_normal()
 
 
-def _conv(cin, cout, stride, rngs, dtype=None):
-    return nnx.Conv(
+def _conv(cin, cout, stride, rngs, dtype=None, impl="xla"):
+    return kernels.Conv(
         cin,
         cout,
         (3, 3),
@@ -29,6 +29,7 @@ def _conv(cin, cout, stride, rngs, dtype=None):
         use_bias=False,
         kernel_init=_KAIMING,
         dtype=dtype,
+        impl=impl,
         rngs=rngs,
     )
 
@@ -42,9 +43,9 @@ class BasicBlock(nnx.Module):
     def __init__(
         self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs, dtype=None, impl: str = "xla"
     ):
-        self.conv1 = _conv(cin, cout, stride, rngs, dtype)
+        self.conv1 = _conv(cin, cout, stride, rngs, dtype, impl)
         self.bn1 = _bn(cout, rngs, dtype, impl)
-        self.conv2 = _conv(cout, cout, 1, rngs, dtype)
+        self.conv2 = _conv(cout, cout, 1, rngs, dtype, impl)
         self.bn2 = _bn(cout, rngs, dtype, impl)
         self.stride = stride
         self.pad = cout - cin
@@ -82,7 +83,7 @@ class ResNetCifar(nnx.Module):
         self.dtype = dtype
         # Backend-specific kernels (models/kernels.py); None: the default backend's.
         self.impl = kernels.resolve(impl)
-        self.stem = _conv(in_channels, 16, 1, rngs, dtype)
+        self.stem = _conv(in_channels, 16, 1, rngs, dtype, self.impl)
         self.stem_bn = _bn(16, rngs, dtype, self.impl)
         blocks, cin = [], 16
         for width, stride in ((16, 1), (32, 2), (64, 2)):
