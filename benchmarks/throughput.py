@@ -206,13 +206,23 @@ def main():
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--kernels", choices=("auto", "xla", "cpu"), default="auto")
     parser.add_argument("--compiler-options", choices=("auto", "none"), default="auto")
+    parser.add_argument(
+        "--host-memory",
+        choices=("keep", "default"),
+        default="keep",
+        help="keep: lt_jax.cli.keep_host_memory() as the training CLI does (applies to "
+        "both frameworks, they share the process); default: glibc's malloc settings",
+    )
     args = parser.parse_args()
+    from lt_jax import cli
+
+    kept = args.host_memory == "keep" and cli.keep_host_memory()
     import jax
 
     cores = os.cpu_count()
     print(
         f"host: {platform.machine()} {cores} cores; jax {jax.__version__} "
-        f"({jax.device_count()} x {jax.devices()[0].platform})"
+        f"({jax.device_count()} x {jax.devices()[0].platform}); host memory kept: {kept}"
     )
     ours = JaxStep(args.batch, impl=args.kernels, options=args.compiler_options)
     try:

@@ -65,3 +65,45 @@ def use_all_cpu_cores(batch_sizes) -> int | None:
         flags += " --xla_cpu_collective_call_terminate_timeout_seconds=600"
     os.environ["XLA_FLAGS"] = flags.strip()
     return n
+
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
+
+
+def keep_host_memory() -> bool:
+    """Let glibc's malloc keep freed memory, so XLA:CPU's per-step buffers reuse mapped pages.
+
+    XLA:CPU allocates the buffers of every execution anew and frees them at its end. With
+    glibc's defaults the large ones are mapped and unmapped each time (and per-thread heaps
+    trimmed), so every step first-touches fresh pages: on the 2-core development machine
+    78,500 page faults per ResNet-32 step of batch 128, 315 -> 272 ms per step once they
+    are gone. This sets, before JAX starts its threads: no mmap for large blocks, one
+    malloc arena, no trimming, i.e. memory stays with the process up to its peak use (what
+    the step needs anyway). Only on Linux with glibc, only for CPU-only JAX installs
+    (a CUDA/ROCm/TPU plugin means the host is not where the work runs), and not when
+    ``LT_JAX_KEEP_HOST_MEMORY=0``. Returns whether it was applied.
+    """
+    import ctypes
+    import importlib.util
+    import platform
+
+    from jax._src import xla_bridge  # importing JAX is fine; its backends start lazily
+
+    if (
+        os.environ.get("LT_JAX_KEEP_HOST_MEMORY", "1") == "0"
+        or platform.system() != "Linux"
+        or platform.libc_ver()[0] != "glibc"
+        or xla_bridge.backends_are_initialized()
+        or any(importlib.util.find_spec(p) for p in _ACCELERATOR_PLUGINS)
+    ):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return all(
+        libc.mallopt(param, value) == 1
+        for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1))
+    )

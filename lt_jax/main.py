@@ -19,6 +19,7 @@ def main(argv):
 
     config = FLAGS.config
     cli.use_all_cpu_cores([config.batch_size, config.stage2.batch_size, config.eval_batch_size])
+    cli.keep_host_memory()
     import jax  # after flag parsing and the CPU device setup
 
     from lt_jax import checkpoint, metrics, train
