@@ -46,6 +46,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["lt_jax", "lt_jax.*"]),
+    # The native CPU convolution's source, compiled for the host on first use.
+    package_data={"lt_jax": ["csrc/*.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     license="Apache-2.0",

@@ -55,10 +55,14 @@ def main():
     if not native.available():
         raise SystemExit(f"native convolution unavailable: {native.unavailable_reason()}")
     rng = np.random.default_rng(0)
-    print(f"batch {args.batch}, {jax.device_count()} x {jax.devices()[0].platform}; ms, best of "
-          f"{args.repeats}")
-    print(f"{'layer':>22} | {'XLA fwd':>7} {'dx':>6} {'dw':>6} | {'native fwd':>10} {'dx':>6} "
-          f"{'dw':>6}")
+    print(
+        f"batch {args.batch}, {jax.device_count()} x {jax.devices()[0].platform}; ms, best of "
+        f"{args.repeats}"
+    )
+    print(
+        f"{'layer':>22} | {'XLA fwd':>7} {'dx':>6} {'dw':>6} | {'native fwd':>10} {'dx':>6} "
+        f"{'dw':>6}"
+    )
     totals = {"xla": 0.0, "native": 0.0}
     for h, cin, cout, stride, count in LAYERS:
         x = jnp.asarray(rng.standard_normal((args.batch, h, h, cin)), jnp.float32)
@@ -75,10 +79,14 @@ def main():
             totals[name] += count * sum(t)
         label = f"{h}x{h} {cin}->{cout} s{stride} x{count}"
         xt, nt = row["xla"], row["native"]
-        print(f"{label:>22} | {xt[0]:7.2f} {xt[1]:6.2f} {xt[2]:6.2f} | {nt[0]:10.2f} {nt[1]:6.2f} "
-              f"{nt[2]:6.2f}")
-    print(f"ResNet-32 step, all convolution passes: XLA {totals['xla']:.1f} ms, "
-          f"native {totals['native']:.1f} ms")
+        print(
+            f"{label:>22} | {xt[0]:7.2f} {xt[1]:6.2f} {xt[2]:6.2f} | {nt[0]:10.2f} {nt[1]:6.2f} "
+            f"{nt[2]:6.2f}"
+        )
+    print(
+        f"ResNet-32 step, all convolution passes: XLA {totals['xla']:.1f} ms, "
+        f"native {totals['native']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -97,31 +97,40 @@ void InputRows(const float* x, const Shape& d, int64_t n, int64_t o, float* scra
 }
 
 // Register tiles. The machine needs many independent accumulators to keep its FMA units
-// busy (about 24 of 16 floats on the AVX-512 development machine), so every tile below
-// holds 24 vectors: kR output rows x kP pixels x kQ blocks of 16 output channels.
+// busy (about 24 vectors of 16 floats on the AVX-512 development machine), so a tile
+// holds kR output rows x kP pixels x kQ blocks of 16 output channels, 24 vectors.
 //
 // Correlation of padded input rows with 3x3 taps w (3, 3, k, m): output row r of the
 // tile reads padded rows kS*r + a (a = 0..2) of `rows` (each wp pixels x k channels),
-// output pixel p reads padded pixel kS*p + b.
+// output pixel p reads padded pixel kS*p + b. Each input value is broadcast once and
+// multiplied with the taps b = 0..2 of every output pixel that reads it, so a load
+// feeds up to 3 * kQ multiply-adds.
 template <int kR, int kP, int kQ, int kS>
 inline void Tile(const float* rows, int64_t wp, int64_t k, const float* w, int64_t m,
                  int64_t m0, int64_t p0, float* out, int64_t out_row) {
+  constexpr int kIn = kS * (kP - 1) + 3;  // input pixels one tile row reads
   v16 acc[kR][kP][kQ];
   for (int r = 0; r < kR; ++r)
     for (int p = 0; p < kP; ++p)
       for (int q = 0; q < kQ; ++q) acc[r][p][q] = splat(0.f);
   for (int a = 0; a < 3; ++a) {
-    for (int b = 0; b < 3; ++b) {
-      const float* wt = w + (a * 3 + b) * k * m + m0;
-      const float* xs = rows + (a * wp + kS * p0 + b) * k;
-      for (int64_t c = 0; c < k; ++c) {
-        v16 wv[kQ];
-        for (int q = 0; q < kQ; ++q) wv[q] = load(wt + c * m + q * kV);
-        for (int r = 0; r < kR; ++r)
-          for (int p = 0; p < kP; ++p) {
-            const v16 xv = splat(xs[(kS * r * wp + kS * p) * k + c]);
-            for (int q = 0; q < kQ; ++q) acc[r][p][q] += xv * wv[q];
+    const float* wt = w + a * 3 * k * m + m0;
+    const float* xs = rows + (a * wp + kS * p0) * k;
+    for (int64_t c = 0; c < k; ++c) {
+      v16 wv[3][kQ];
+      for (int b = 0; b < 3; ++b)
+        for (int q = 0; q < kQ; ++q) wv[b][q] = load(wt + (b * k + c) * m + q * kV);
+      for (int r = 0; r < kR; ++r) {
+#pragma GCC unroll 32
+        for (int j = 0; j < kIn; ++j) {
+          const v16 xv = splat(xs[(kS * r * wp + j) * k + c]);
+#pragma GCC unroll 3
+          for (int b = 0; b < 3; ++b) {
+            const int p = (j - b) / kS;
+            if (j - b < 0 || (j - b) % kS || p >= kP) continue;
+            for (int q = 0; q < kQ; ++q) acc[r][p][q] += xv * wv[b][q];
           }
+        }
       }
     }
   }
@@ -145,9 +154,7 @@ void CorrelateRowsQ(const float* rows, int64_t wp, int64_t k, const float* w, in
 template <int kR, int kS>
 void CorrelateRows(const float* rows, int64_t wp, int64_t k, const float* w, int64_t m,
                    int64_t wo, float* out, int64_t out_row) {
-  if (m % (4 * kV) == 0 && wo <= 8) {
-    CorrelateRowsQ<kR, 4, kS>(rows, wp, k, w, m, wo, out, out_row);
-  } else if (m % (2 * kV) == 0 && wo <= 16) {
+  if (m % (2 * kV) == 0 && wo <= 16) {
     CorrelateRowsQ<kR, 2, kS>(rows, wp, k, w, m, wo, out, out_row);
   } else {
     CorrelateRowsQ<kR, 1, kS>(rows, wp, k, w, m, wo, out, out_row);
@@ -375,6 +382,68 @@ ffi::Error Wgrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi:
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Per-channel sums for BatchNorm: out[0, c] = sum(a[..., c]), out[1, c] = sum(a[..., c] * b[..., c])
+// over all but the last axis. Each block of rows (one image) is summed in float32 vectors,
+// four interleaved accumulators per sum, and the block totals are added in double, block by
+// block in a fixed order: more accurate than one float32 sum, and independent of threads.
+
+void ChannelSumsBlock(const float* a, const float* b, int64_t rows, int64_t c, double* out) {
+  for (int64_t c0 = 0; c0 < c; c0 += kV) {
+    v16 s[4], q[4];
+    for (int i = 0; i < 4; ++i) s[i] = q[i] = splat(0.f);
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4)
+      for (int i = 0; i < 4; ++i) {
+        const v16 x = load(a + (r + i) * c + c0), y = load(b + (r + i) * c + c0);
+        s[i] += x;
+        q[i] += x * y;
+      }
+    for (; r < rows; ++r) {
+      const v16 x = load(a + r * c + c0), y = load(b + r * c + c0);
+      s[0] += x;
+      q[0] += x * y;
+    }
+    const v16 st = (s[0] + s[1]) + (s[2] + s[3]), qt = (q[0] + q[1]) + (q[2] + q[3]);
+    for (int l = 0; l < kV; ++l) {
+      out[c0 + l] += st[l];
+      out[c + c0 + l] += qt[l];
+    }
+  }
+}
+
+ffi::Error ChannelSums(ffi::ThreadPool pool, ffi::AnyBuffer a_buf, ffi::AnyBuffer b_buf,
+                       ffi::ResultBuffer<ffi::F32> out) {
+  if (a_buf.element_type() != ffi::F32 || b_buf.element_type() != ffi::F32)
+    return ffi::Error::InvalidArgument("channel sums take float32 inputs");
+  const auto dims = a_buf.dimensions();
+  if (dims.size() < 2 || b_buf.dimensions().size() != dims.size())
+    return ffi::Error::InvalidArgument("channel sums need inputs of equal rank >= 2");
+  for (size_t i = 0; i < dims.size(); ++i)
+    if (dims[i] != b_buf.dimensions()[i])
+      return ffi::Error::InvalidArgument("channel sums need inputs of equal shape");
+  const int64_t c = dims[dims.size() - 1], blocks = dims[0];
+  if (c % kV) return ffi::Error::InvalidArgument("channels must be a multiple of 16");
+  int64_t rows = 1;  // per block
+  for (size_t i = 1; i + 1 < dims.size(); ++i) rows *= dims[i];
+  const float* a = static_cast<const float*>(a_buf.untyped_data());
+  const float* b = static_cast<const float*>(b_buf.untyped_data());
+  const int64_t chunks = std::min(blocks, kChunks);
+  std::vector<double> partial(chunks * 2 * c, 0.0);
+  double* pp = partial.data();
+  ParallelFor(pool, chunks, [&](int64_t k) {
+    for (int64_t n = ChunkBegin(blocks, chunks, k); n < ChunkBegin(blocks, chunks, k + 1); ++n)
+      ChannelSumsBlock(a + n * rows * c, b + n * rows * c, rows, c, pp + k * 2 * c);
+  });
+  float* o = out->typed_data();
+  for (int64_t i = 0; i < 2 * c; ++i) {
+    double t = 0.0;
+    for (int64_t k = 0; k < chunks; ++k) t += pp[k * 2 * c + i];
+    o[i] = static_cast<float>(t);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LtJaxConv3x3Fwd, Forward,
@@ -400,3 +469,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LtJaxConv3x3Wgrad, Wgrad,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LtJaxChannelSums, ChannelSums,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -99,6 +99,18 @@ def relu(x, impl: str, train: bool):
     return jax.nn.relu(x)
 
 
+def native_enabled() -> bool:
+    """Whether the CPU implementation may use :mod:`lt_jax.models.native`'s kernels now: the
+    CPU backend with a single device (XLA would replicate a custom call across a sharded
+    batch, so data-parallel programs over virtual CPU devices keep the XLA ops), and the
+    library built."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1 and native.available()
+
+
+def _use_native(shape, dtype) -> bool:
+    return native.channel_sums_supported(shape, dtype) and native_enabled()
+
+
 def _rows(x):
     """``x`` as (blocks, rows, C): the per-channel sums below add each block of rows
     separately (one image of an NHWC batch), then the block totals."""
@@ -115,6 +127,8 @@ def _channel_sums(a, b=None):
     ``a * b``. A matrix product adds its long dimension in one running float32 sum, whose
     error grows with its length, so the products run per image (batched) and only the
     per-image partial sums are added up: float32 accuracy like ``jnp.sum``'s."""
+    if _use_native(a.shape, a.dtype) and (b is None or b.dtype == a.dtype):
+        return native.channel_sums(a, a if b is None else b)
     a3 = _rows(a)
     b3 = a3 if b is None else _rows(b)
     ones = jnp.ones(a3.shape[:2], a3.dtype)
@@ -207,9 +221,8 @@ class Conv(nnx.Conv):
     :mod:`lt_jax.models.native`'s kernels when ``impl == "cpu"``.
 
     Every other case is ``nnx.Conv`` itself: other implementations, kernel sizes,
-    paddings, dilations and groups, non-float32 inputs, channel counts the kernels do
-    not vectorise, a missing C++ compiler, and programs over more than one device
-    (XLA would replicate a custom call across a sharded batch).
+    paddings, dilations and groups, non-float32 inputs, output channels not a multiple
+    of 16, and whenever :func:`native_enabled` is False.
     """
 
     def __init__(self, *args, impl: str = "xla", **kwargs):
@@ -235,8 +248,7 @@ class Conv(nnx.Conv):
             or self.kernel[...].dtype != jnp.float32
             or x.dtype != jnp.float32
             or not native.supports(x.shape, self.kernel_shape, strides[0], x.dtype)
-            or jax.device_count() != 1
-            or not native.available()
+            or not native_enabled()
         ):
             return None
         return strides[0]

@@ -39,6 +39,7 @@ _TARGETS = {
     "lt_jax_conv3x3_fwd": "LtJaxConv3x3Fwd",
     "lt_jax_conv3x3_dgrad": "LtJaxConv3x3Dgrad",
     "lt_jax_conv3x3_wgrad": "LtJaxConv3x3Wgrad",
+    "lt_jax_channel_sums": "LtJaxChannelSums",
 }
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 _LANES = 16  # the kernels vectorise over 16 output channels
@@ -198,3 +199,16 @@ def _conv3x3_bwd(stride, res, g):
 
 
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def channel_sums_supported(shape, dtype) -> bool:
+    """Whether :func:`channel_sums` runs natively for an array of this shape and dtype."""
+    return len(shape) >= 2 and shape[-1] % _LANES == 0 and jnp.dtype(dtype) == jnp.float32
+
+
+def channel_sums(a, b):
+    """Per-channel ``(sum(a), sum(a * b))`` over all but the last axis, float32 inputs of one
+    shape; the leading axis (images) is summed block by block, the block totals in double."""
+    shape = jax.ShapeDtypeStruct((2, a.shape[-1]), jnp.float32)
+    out = jax.ffi.ffi_call("lt_jax_channel_sums", shape)(a, b)
+    return out[0], out[1]

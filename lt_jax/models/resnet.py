@@ -20,8 +20,9 @@ from lt_jax.models.heads import HEADS
 _KAIMING = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(cin, cout, k, stride, rngs, dtype, groups=1):
-    return nnx.Conv(
+def _conv(cin, cout, k, stride, rngs, dtype, groups=1, impl="xla"):
+    # kernels.Conv: the native CPU kernels for 3x3 ungrouped layers under impl "cpu".
+    return kernels.Conv(
         cin,
         cout,
         (k, k),
@@ -31,6 +32,7 @@ def _conv(cin, cout, k, stride, rngs, dtype, groups=1):
         feature_group_count=groups,
         kernel_init=_KAIMING,
         dtype=dtype,
+        impl=impl,
         rngs=rngs,
     )
 
@@ -47,7 +49,7 @@ class Bottleneck(nnx.Module):
         cout = planes * self.expansion
         self.conv1 = _conv(cin, width, 1, 1, rngs, dtype)
         self.bn1 = _bn(width, rngs, dtype, impl)
-        self.conv2 = _conv(width, width, 3, stride, rngs, dtype, groups)
+        self.conv2 = _conv(width, width, 3, stride, rngs, dtype, groups, impl)
         self.bn2 = _bn(width, rngs, dtype, impl)
         self.conv3, self.bn3 = _conv(width, cout, 1, 1, rngs, dtype), _bn(cout, rngs, dtype, impl)
         # Projection shortcut (conv 1x1 + BN) where the shape changes; empty otherwise.
