@@ -68,6 +68,9 @@ SHAPES = [
     (1, 3, 40, 16, 16, 1),  # wider than a register tile, with a remainder
     (1, 1, 1, 16, 16, 1),
     (40, 4, 4, 16, 16, 1),  # more images than work chunks
+    (2, 6, 6, 128, 64, 1),  # wide: dw split by channels, not by images
+    (3, 5, 5, 96, 128, 2),
+    (2, 3, 3, 256, 256, 1),
 ]
 
 

@@ -22,6 +22,8 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -100,32 +102,33 @@ void InputRows(const float* x, const Shape& d, int64_t n, int64_t o, float* scra
 // busy (about 24 vectors of 16 floats on the AVX-512 development machine), so a tile
 // holds kR output rows x kP pixels x kQ blocks of 16 output channels, 24 vectors.
 //
-// Correlation of padded input rows with 3x3 taps w (3, 3, k, m): output row r of the
-// tile reads padded rows kS*r + a (a = 0..2) of `rows` (each wp pixels x k channels),
-// output pixel p reads padded pixel kS*p + b. Each input value is broadcast once and
-// multiplied with the taps b = 0..2 of every output pixel that reads it, so a load
-// feeds up to 3 * kQ multiply-adds.
-template <int kR, int kP, int kQ, int kS>
-inline void Tile(const float* rows, int64_t wp, int64_t k, const float* w, int64_t m,
-                 int64_t m0, int64_t p0, float* out, int64_t out_row) {
-  constexpr int kIn = kS * (kP - 1) + 3;  // input pixels one tile row reads
+// Correlation of input rows with kTA x kTB taps w (kTA, kTB, k, m): output row r of the
+// tile reads rows kS*r + a (a < kTA) of `rows` (each wp pixels x k channels), output
+// pixel p reads pixel kS*p + b (b < kTB); output pixel p of row r is stored at
+// out + r * out_row + p * ps. Each input value is broadcast once and multiplied with
+// every tap b of every output pixel that reads it, so a load feeds up to kTB * kQ
+// multiply-adds.
+template <int kR, int kP, int kQ, int kS, int kTA, int kTB>
+inline void Tile(const float* rows, int64_t wp, int64_t k, const float* w, int64_t m, int64_t m0,
+                 int64_t p0, float* out, int64_t out_row, int64_t ps) {
+  constexpr int kIn = kS * (kP - 1) + kTB;  // input pixels one tile row reads
   v16 acc[kR][kP][kQ];
   for (int r = 0; r < kR; ++r)
     for (int p = 0; p < kP; ++p)
       for (int q = 0; q < kQ; ++q) acc[r][p][q] = splat(0.f);
-  for (int a = 0; a < 3; ++a) {
-    const float* wt = w + a * 3 * k * m + m0;
+  for (int a = 0; a < kTA; ++a) {
+    const float* wt = w + a * kTB * k * m + m0;
     const float* xs = rows + (a * wp + kS * p0) * k;
     for (int64_t c = 0; c < k; ++c) {
-      v16 wv[3][kQ];
-      for (int b = 0; b < 3; ++b)
+      v16 wv[kTB][kQ];
+      for (int b = 0; b < kTB; ++b)
         for (int q = 0; q < kQ; ++q) wv[b][q] = load(wt + (b * k + c) * m + q * kV);
       for (int r = 0; r < kR; ++r) {
 #pragma GCC unroll 32
         for (int j = 0; j < kIn; ++j) {
           const v16 xv = splat(xs[(kS * r * wp + j) * k + c]);
 #pragma GCC unroll 3
-          for (int b = 0; b < 3; ++b) {
+          for (int b = 0; b < kTB; ++b) {
             const int p = (j - b) / kS;
             if (j - b < 0 || (j - b) % kS || p >= kP) continue;
             for (int q = 0; q < kQ; ++q) acc[r][p][q] += xv * wv[b][q];
@@ -136,36 +139,45 @@ inline void Tile(const float* rows, int64_t wp, int64_t k, const float* w, int64
   }
   for (int r = 0; r < kR; ++r)
     for (int p = 0; p < kP; ++p)
-      for (int q = 0; q < kQ; ++q) store(out + r * out_row + (p0 + p) * m + m0 + q * kV, acc[r][p][q]);
+      for (int q = 0; q < kQ; ++q)
+        store(out + r * out_row + (p0 + p) * ps + m0 + q * kV, acc[r][p][q]);
 }
 
-// kR output rows (wo pixels, m channels each, out_row floats apart).
-template <int kR, int kQ, int kS>
-void CorrelateRowsQ(const float* rows, int64_t wp, int64_t k, const float* w, int64_t m,
-                    int64_t wo, float* out, int64_t out_row) {
-  constexpr int kP = 24 / (kR * kQ) > 0 ? 24 / (kR * kQ) : 1;
-  for (int64_t m0 = 0; m0 < m; m0 += kQ * kV) {
-    int64_t p = 0;
-    for (; p + kP <= wo; p += kP) Tile<kR, kP, kQ, kS>(rows, wp, k, w, m, m0, p, out, out_row);
-    for (; p < wo; ++p) Tile<kR, 1, kQ, kS>(rows, wp, k, w, m, m0, p, out, out_row);
+// Output pixels [p, end) in tiles of kP, the rest in tiles of kP/2, kP/4, ..., 1 (small
+// feature maps, 7x7 or 3x3, would otherwise run one pixel at a time).
+template <int kR, int kQ, int kS, int kTA, int kTB, int kP>
+void RowOfTiles(const float* rows, int64_t wp, int64_t k, const float* w, int64_t m, int64_t m0,
+                int64_t p, int64_t end, float* out, int64_t out_row, int64_t ps) {
+  for (; p + kP <= end; p += kP)
+    Tile<kR, kP, kQ, kS, kTA, kTB>(rows, wp, k, w, m, m0, p, out, out_row, ps);
+  if constexpr (kP > 1) {
+    if (p < end)
+      RowOfTiles<kR, kQ, kS, kTA, kTB, kP / 2>(rows, wp, k, w, m, m0, p, end, out, out_row, ps);
   }
 }
 
-template <int kR, int kS>
-void CorrelateRows(const float* rows, int64_t wp, int64_t k, const float* w, int64_t m,
-                   int64_t wo, float* out, int64_t out_row) {
-  if (m % (2 * kV) == 0 && wo <= 16) {
-    CorrelateRowsQ<kR, 2, kS>(rows, wp, k, w, m, wo, out, out_row);
+// kR output rows of wo pixels (m channels each; rows out_row, pixels ps floats apart).
+template <int kR, int kS, int kTA = 3, int kTB = 3>
+void CorrelateRows(const float* rows, int64_t wp, int64_t k, const float* w, int64_t m, int64_t wo,
+                   float* out, int64_t out_row, int64_t ps) {
+  if (m % (2 * kV) == 0) {
+    constexpr int kP = 24 / (kR * 2) > 0 ? 24 / (kR * 2) : 1;
+    for (int64_t m0 = 0; m0 < m; m0 += 2 * kV)
+      RowOfTiles<kR, 2, kS, kTA, kTB, kP>(rows, wp, k, w, m, m0, 0, wo, out, out_row, ps);
   } else {
-    CorrelateRowsQ<kR, 1, kS>(rows, wp, k, w, m, wo, out, out_row);
+    constexpr int kP = 24 / kR;
+    for (int64_t m0 = 0; m0 < m; m0 += kV)
+      RowOfTiles<kR, 1, kS, kTA, kTB, kP>(rows, wp, k, w, m, m0, 0, wo, out, out_row, ps);
   }
 }
 
 // Output rows [o0, o0 + nr) of image n (nr <= 3 at a time) from padded input rows.
 constexpr int kRows = 3;
 
-// Padded input rows s*o0-1 .. s*(o0+nr-1)+1 of image n: scratch[i][1 + q][k] = x[n, s*o0-1+i, q, k].
-int64_t InputRowsN(const float* x, const Shape& d, int64_t n, int64_t o0, int64_t nr, float* scratch) {
+// Padded input rows s*o0-1 .. s*(o0+nr-1)+1 of image n: scratch[i][1 + q][k] = x[n, s*o0-1+i, q,
+// k].
+int64_t InputRowsN(const float* x, const Shape& d, int64_t n, int64_t o0, int64_t nr,
+                   float* scratch) {
   const int64_t wp = d.w + 2, count = d.s * (nr - 1) + 3;
   std::memset(scratch, 0, sizeof(float) * count * wp * d.k);
   for (int64_t i = 0; i < count; ++i) {
@@ -185,9 +197,12 @@ void ForwardImageRows(const float* x, const float* w, float* y, const Shape& d, 
     const int64_t nr = std::min<int64_t>(kRows, o1 - o);
     InputRowsN(x, d, n, o, nr, scratch);
     float* out = y + (n * d.ho + o) * out_row;
-    if (nr == 3) CorrelateRows<3, kS>(scratch, wp, d.k, w, d.m, d.wo, out, out_row);
-    else if (nr == 2) CorrelateRows<2, kS>(scratch, wp, d.k, w, d.m, d.wo, out, out_row);
-    else CorrelateRows<1, kS>(scratch, wp, d.k, w, d.m, d.wo, out, out_row);
+    if (nr == 3)
+      CorrelateRows<3, kS>(scratch, wp, d.k, w, d.m, d.wo, out, out_row, d.m);
+    else if (nr == 2)
+      CorrelateRows<2, kS>(scratch, wp, d.k, w, d.m, d.wo, out, out_row, d.m);
+    else
+      CorrelateRows<1, kS>(scratch, wp, d.k, w, d.m, d.wo, out, out_row, d.m);
     o += nr;
   }
 }
@@ -204,18 +219,19 @@ void ByImage(int64_t r0, int64_t r1, int64_t per_image, const F& fn) {
 }
 
 // Rows [r0, r1) of the flattened (n, ho) output of the forward pass.
-void ForwardRows(const float* x, const float* w, float* y, const Shape& d, int64_t r0,
-                 int64_t r1) {
+void ForwardRows(const float* x, const float* w, float* y, const Shape& d, int64_t r0, int64_t r1) {
   std::vector<float> scratch((d.s * (kRows - 1) + 3) * (d.w + 2) * d.k);
   ByImage(r0, r1, d.ho, [&](int64_t n, int64_t o0, int64_t o1) {
-    if (d.s == 1) ForwardImageRows<1>(x, w, y, d, n, o0, o1, scratch.data());
-    else ForwardImageRows<2>(x, w, y, d, n, o0, o1, scratch.data());
+    if (d.s == 1)
+      ForwardImageRows<1>(x, w, y, d, n, o0, o1, scratch.data());
+    else
+      ForwardImageRows<2>(x, w, y, d, n, o0, o1, scratch.data());
   });
 }
 
-// Input-gradient rows [r0, r1) of the flattened (n, h) input: dx[q] = sum_a dyd[q-1+a] wf[a],
-// where dyd is dy dilated by the stride (dyd[s*o] = dy[o], zero elsewhere) and
-// wf[a,b,m,k] = w[2-a,2-b,k,m] (flipped and transposed taps): a stride-1 correlation.
+// Stride-1 input-gradient rows [r0, r1) of the flattened (n, h) input:
+// dx[q] = sum_a dy[q - 1 + a] wf[a] with wf[a,b,m,k] = w[2-a,2-b,k,m] (flipped and
+// transposed taps), i.e. the forward correlation of 1-padded dy rows.
 void DgradRows(const float* dy, const float* wf, float* dx, const Shape& d, int64_t r0,
                int64_t r1) {
   const int64_t wp = d.w + 2, out_row = d.w * d.k;
@@ -225,93 +241,178 @@ void DgradRows(const float* dy, const float* wf, float* dx, const Shape& d, int6
       const int64_t nr = std::min<int64_t>(kRows, q1 - q);
       std::memset(scratch.data(), 0, sizeof(float) * scratch.size());
       for (int64_t i = 0; i < nr + 2; ++i) {
-        const int64_t t = q - 1 + i;  // dilated row
-        if (t < 0 || t % d.s || t / d.s >= d.ho) continue;
-        const float* src = dy + ((n * d.ho + t / d.s) * d.wo) * d.m;
-        float* dst = scratch.data() + (i * wp + 1) * d.m;
-        if (d.s == 1) {
-          std::memcpy(dst, src, sizeof(float) * d.wo * d.m);
-        } else {
-          for (int64_t p = 0; p < d.wo && d.s * p < d.w; ++p)
-            std::memcpy(dst + d.s * p * d.m, src + p * d.m, sizeof(float) * d.m);
-        }
+        const int64_t t = q - 1 + i;
+        if (t < 0 || t >= d.ho) continue;
+        std::memcpy(scratch.data() + (i * wp + 1) * d.m, dy + ((n * d.ho + t) * d.wo) * d.m,
+                    sizeof(float) * d.wo * d.m);
       }
       float* out = dx + (n * d.h + q) * out_row;
-      if (nr == 3) CorrelateRows<3, 1>(scratch.data(), wp, d.m, wf, d.k, d.w, out, out_row);
-      else if (nr == 2) CorrelateRows<2, 1>(scratch.data(), wp, d.m, wf, d.k, d.w, out, out_row);
-      else CorrelateRows<1, 1>(scratch.data(), wp, d.m, wf, d.k, d.w, out, out_row);
+      if (nr == 3)
+        CorrelateRows<3, 1>(scratch.data(), wp, d.m, wf, d.k, d.w, out, out_row, d.k);
+      else if (nr == 2)
+        CorrelateRows<2, 1>(scratch.data(), wp, d.m, wf, d.k, d.w, out, out_row, d.k);
+      else
+        CorrelateRows<1, 1>(scratch.data(), wp, d.m, wf, d.k, d.w, out, out_row, d.k);
       q += nr;
     }
   });
 }
 
-// Weight gradient of image n, added into dw. `image` is the zero-padded image
-// ((h + 2) x (w + 2) x k). For each tap row a, the three taps b = 0..2 of kC input
-// channels and kQ blocks of output channels are accumulated at once (3 * kC * kQ = 24
-// vectors) over every output pixel of the image, then added to dw.
-template <int kC, int kQ, int kS>
-void WgradImage(const float* image, const float* g, const Shape& d, float* dw) {
-  const int64_t wp = d.w + 2;
-  for (int a = 0; a < 3; ++a) {
-    for (int64_t m0 = 0; m0 < d.m; m0 += kQ * kV) {
-      for (int64_t c0 = 0; c0 + kC <= d.k; c0 += kC) {
-        v16 acc[3][kC][kQ];
-        for (int b = 0; b < 3; ++b)
-          for (int c = 0; c < kC; ++c)
-            for (int q = 0; q < kQ; ++q) acc[b][c][q] = splat(0.f);
-        for (int64_t o = 0; o < d.ho; ++o) {
-          const float* xs = image + ((kS * o + a) * wp) * d.k + c0;
-          const float* gs = g + o * d.wo * d.m + m0;
-          for (int64_t p = 0; p < d.wo; ++p) {
-            v16 gv[kQ];
-            for (int q = 0; q < kQ; ++q) gv[q] = load(gs + p * d.m + q * kV);
-            const float* xp = xs + kS * p * d.k;
-            for (int b = 0; b < 3; ++b)
-              for (int c = 0; c < kC; ++c) {
-                const v16 xv = splat(xp[b * d.k + c]);
-                for (int q = 0; q < kQ; ++q) acc[b][c][q] += xv * gv[q];
-              }
-          }
+// Stride-2 input gradient by output parity: dx[2i + py, 2j + px] only receives taps a with
+// a = 1 (py = 0) or a in {2, 0} from dy rows i, i + 1 (py = 1), likewise b for columns, so
+// each of the four parity classes is a small correlation of dy (1x1, 1x2, 2x1 or 2x2
+// taps) with no multiplications by zero. `classes` holds the four classes' taps,
+// transposed ((ta, tb, m, k) each), one after the other.
+constexpr int kTapRows[2][2] = {{1, -1}, {2, 0}};  // a per (parity, tap index)
+
+template <int kR>
+void DgradParityRows(const float* scratch, int64_t wpg, const float* cls, int ta, int tb,
+                     const Shape& d, int64_t cols, float* out, int64_t out_row) {
+  if (ta == 1 && tb == 1)
+    CorrelateRows<kR, 1, 1, 1>(scratch, wpg, d.m, cls, d.k, cols, out, out_row, 2 * d.k);
+  else if (ta == 1)
+    CorrelateRows<kR, 1, 1, 2>(scratch, wpg, d.m, cls, d.k, cols, out, out_row, 2 * d.k);
+  else if (tb == 1)
+    CorrelateRows<kR, 1, 2, 1>(scratch, wpg, d.m, cls, d.k, cols, out, out_row, 2 * d.k);
+  else
+    CorrelateRows<kR, 1, 2, 2>(scratch, wpg, d.m, cls, d.k, cols, out, out_row, 2 * d.k);
+}
+
+// Rows [r0, r1) of the flattened (n, i) half-resolution grid, i < ceil(h / 2).
+void DgradStride2Rows(const float* dy, const float* classes, float* dx, const Shape& d, int64_t r0,
+                      int64_t r1) {
+  const int64_t hi = (d.h + 1) / 2, wpg = d.wo + 1;
+  std::vector<float> scratch((kRows + 1) * wpg * d.m);
+  ByImage(r0, r1, hi, [&](int64_t n, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1;) {
+      const int64_t nr = std::min<int64_t>(kRows, i1 - i);
+      // dy rows i .. i + nr, zero beyond the last row and one zero pixel at the right.
+      std::memset(scratch.data(), 0, sizeof(float) * scratch.size());
+      for (int64_t t = 0; t <= nr && i + t < d.ho; ++t)
+        std::memcpy(scratch.data() + t * wpg * d.m, dy + ((n * d.ho + i + t) * d.wo) * d.m,
+                    sizeof(float) * d.wo * d.m);
+      const float* cls = classes;
+      for (int py = 0; py < 2; ++py) {
+        for (int px = 0; px < 2; ++px) {
+          const int ta = py + 1, tb = px + 1;
+          const int64_t rows = std::min<int64_t>(nr, (d.h - py + 1) / 2 - i);
+          const int64_t cols = (d.w - px + 1) / 2;
+          float* out = dx + ((n * d.h + 2 * i + py) * d.w + px) * d.k;
+          const int64_t out_row = 2 * d.w * d.k;
+          if (rows == 3)
+            DgradParityRows<3>(scratch.data(), wpg, cls, ta, tb, d, cols, out, out_row);
+          else if (rows == 2)
+            DgradParityRows<2>(scratch.data(), wpg, cls, ta, tb, d, cols, out, out_row);
+          else if (rows == 1)
+            DgradParityRows<1>(scratch.data(), wpg, cls, ta, tb, d, cols, out, out_row);
+          cls += ta * tb * d.m * d.k;
         }
+      }
+      i += nr;
+    }
+  });
+}
+
+// Weight gradient, taps (a, b = 0..2), input channels [c0, c0 + kC), output channels
+// [m0, m0 + 16 kQ), over images [n0, n1) of `images` (zero-padded, (h + 3) x (w + 2) x k
+// each: one spare row below for strided layers of odd height) and their output gradients
+// g. The 3 * kC * kQ = 24 vectors are accumulated in float32 registers over one image's
+// pixels, then added up across images in double (a long float32 running sum would lose
+// accuracy on large batches), and stored to dw.
+template <int kC, int kQ, int kS>
+void WgradItem(const float* images, int64_t n0, int64_t n1, const float* g, const Shape& d, int a,
+               int64_t m0, int64_t c0, float* dw) {
+  const int64_t wp = d.w + 2, image_size = (d.h + 3) * wp * d.k, g_size = d.ho * d.wo * d.m;
+  double total[3][kC][kQ][kV] = {};
+  for (int64_t n = n0; n < n1; ++n) {
+    v16 acc[3][kC][kQ];
+    for (int b = 0; b < 3; ++b)
+      for (int c = 0; c < kC; ++c)
+        for (int q = 0; q < kQ; ++q) acc[b][c][q] = splat(0.f);
+    for (int64_t o = 0; o < d.ho; ++o) {
+      const float* xs = images + n * image_size + ((kS * o + a) * wp) * d.k + c0;
+      const float* gs = g + n * g_size + o * d.wo * d.m + m0;
+      for (int64_t p = 0; p < d.wo; ++p) {
+        v16 gv[kQ];
+        for (int q = 0; q < kQ; ++q) gv[q] = load(gs + p * d.m + q * kV);
+        const float* xp = xs + kS * p * d.k;
         for (int b = 0; b < 3; ++b)
-          for (int c = 0; c < kC; ++c)
-            for (int q = 0; q < kQ; ++q) {
-              float* out = dw + ((a * 3 + b) * d.k + c0 + c) * d.m + m0 + q * kV;
-              store(out, load(out) + acc[b][c][q]);
-            }
+          for (int c = 0; c < kC; ++c) {
+            const v16 xv = splat(xp[b * d.k + c]);
+            for (int q = 0; q < kQ; ++q) acc[b][c][q] += xv * gv[q];
+          }
       }
     }
+    for (int b = 0; b < 3; ++b)
+      for (int c = 0; c < kC; ++c)
+        for (int q = 0; q < kQ; ++q)
+          for (int l = 0; l < kV; ++l) total[b][c][q][l] += acc[b][c][q][l];
   }
+  for (int b = 0; b < 3; ++b)
+    for (int c = 0; c < kC; ++c)
+      for (int q = 0; q < kQ; ++q)
+        for (int l = 0; l < kV; ++l)
+          dw[((a * 3 + b) * d.k + c0 + c) * d.m + m0 + q * kV + l] =
+              static_cast<float>(total[b][c][q][l]);
+}
+
+// The register tile (kC, kQ) for a layer, and the loop over its items.
+struct WgradTile {
+  int c, q;
+};
+
+WgradTile ChooseWgradTile(const Shape& d) {
+  if (d.m % (4 * kV) == 0 && d.k % 2 == 0) return {2, 4};
+  if (d.m % (2 * kV) == 0 && d.k % 4 == 0) return {4, 2};
+  if (d.k % 8 == 0) return {8, 1};
+  if (d.k % 3 == 0) return {3, 1};
+  return {1, 1};
 }
 
 template <int kS>
-void WgradImageAny(const float* image, const float* g, const Shape& d, float* dw) {
-  if (d.m % (4 * kV) == 0 && d.k % 2 == 0) WgradImage<2, 4, kS>(image, g, d, dw);
-  else if (d.m % (2 * kV) == 0 && d.k % 4 == 0) WgradImage<4, 2, kS>(image, g, d, dw);
-  else if (d.k % 8 == 0) WgradImage<8, 1, kS>(image, g, d, dw);
-  else WgradImage<1, 1, kS>(image, g, d, dw);
+void WgradItemAny(const WgradTile& t, const float* images, int64_t n0, int64_t n1, const float* g,
+                  const Shape& d, int a, int64_t m0, int64_t c0, float* dw) {
+  if (t.c == 2)
+    WgradItem<2, 4, kS>(images, n0, n1, g, d, a, m0, c0, dw);
+  else if (t.c == 4)
+    WgradItem<4, 2, kS>(images, n0, n1, g, d, a, m0, c0, dw);
+  else if (t.c == 8)
+    WgradItem<8, 1, kS>(images, n0, n1, g, d, a, m0, c0, dw);
+  else if (t.c == 3)
+    WgradItem<3, 1, kS>(images, n0, n1, g, d, a, m0, c0, dw);
+  else
+    WgradItem<1, 1, kS>(images, n0, n1, g, d, a, m0, c0, dw);
 }
 
-// Images [n0, n1): partial weight gradient added into dw.
-void WgradImages(const float* x, const float* g, float* dw, const Shape& d, int64_t n0,
-                 int64_t n1) {
-  const int64_t wp = d.w + 2;
-  // One spare padded row below: a stride-2 layer of odd height reads row h + 1.
-  std::vector<float> image((d.h + 3) * wp * d.k, 0.f);
-  for (int64_t n = n0; n < n1; ++n) {
-    for (int64_t r = 0; r < d.h; ++r)
-      std::memcpy(image.data() + ((r + 1) * wp + 1) * d.k, x + ((n * d.h + r) * d.w) * d.k,
-                  sizeof(float) * d.w * d.k);
-    const float* gn = g + n * d.ho * d.wo * d.m;
-    if (d.s == 1) WgradImageAny<1>(image.data(), gn, d, dw);
-    else WgradImageAny<2>(image.data(), gn, d, dw);
+// Items (a, m0, c0) of dw in [i0, i1), over images [n0, n1).
+void WgradItems(const WgradTile& t, const float* images, int64_t n0, int64_t n1, const float* g,
+                const Shape& d, int64_t i0, int64_t i1, float* dw) {
+  const int64_t mb = d.m / (t.q * kV), cb = d.k / t.c;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int a = static_cast<int>(i / (mb * cb));
+    const int64_t m0 = (i / cb) % mb * t.q * kV, c0 = i % cb * t.c;
+    if (d.s == 1)
+      WgradItemAny<1>(t, images, n0, n1, g, d, a, m0, c0, dw);
+    else
+      WgradItemAny<2>(t, images, n0, n1, g, d, a, m0, c0, dw);
   }
+}
+
+// Zero-padded copies of images [n0, n1) of x, at their place in `images`.
+void PadImages(const float* x, const Shape& d, int64_t n0, int64_t n1, float* images) {
+  const int64_t wp = d.w + 2, image_size = (d.h + 3) * wp * d.k;
+  std::memset(images + n0 * image_size, 0, sizeof(float) * (n1 - n0) * image_size);
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t r = 0; r < d.h; ++r)
+      std::memcpy(images + n * image_size + ((r + 1) * wp + 1) * d.k,
+                  x + ((n * d.h + r) * d.w) * d.k, sizeof(float) * d.w * d.k);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Checks and chunking.
 
-constexpr int64_t kChunks = 32;  // fixed, so that partial sums are added in the same order
+constexpr int64_t kChunks = 32;           // fixed, so that partial sums are added in the same order
+constexpr int64_t kSmallWgrad = 64 * 64;  // k * m up to which dw is summed per image chunk
 
 ffi::Error Check(const Shape& d) {
   if (d.s != 1 && d.s != 2) return ffi::Error::InvalidArgument("stride must be 1 or 2");
@@ -327,8 +428,8 @@ Shape Geometry(ffi::Span<const int64_t> in, ffi::Span<const int64_t> out, int64_
 
 inline int64_t ChunkBegin(int64_t rows, int64_t chunks, int64_t c) { return rows * c / chunks; }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
   const Shape d = Geometry(x.dimensions(), y->dimensions(), stride);
   if (ffi::Error e = Check(d); e.failure()) return e;
   const int64_t rows = d.n * d.ho, chunks = std::min(rows, kChunks);
@@ -340,18 +441,45 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   return ffi::Error::Success();
 }
 
-ffi::Error Dgrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
-                 ffi::ResultBuffer<ffi::F32> dx, int64_t stride) {
+ffi::Error DgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
+                     ffi::ResultBuffer<ffi::F32> dx, int64_t stride) {
   const Shape d = Geometry(dx->dimensions(), dy.dimensions(), stride);
   if (ffi::Error e = Check(d); e.failure()) return e;
   if (d.k % kV) return ffi::Error::InvalidArgument("input channels must be a multiple of 16");
-  std::vector<float> wf(9 * d.k * d.m);  // wf[a,b,m,k] = w[2-a,2-b,k,m]
+  // Transposed taps, (m, k) per tap, in 16x16 blocks: stride 1 flips them (wf[a,b] =
+  // w[2-a,2-b]^T), stride 2 orders them by parity class (see DgradStride2Rows).
+  int64_t src_tap[9];
+  if (d.s == 1) {
+    for (int t = 0; t < 9; ++t) src_tap[t] = 8 - t;
+  } else {
+    int t = 0;
+    for (int py = 0; py < 2; ++py)
+      for (int px = 0; px < 2; ++px)
+        for (int ta = 0; ta <= py; ++ta)
+          for (int tb = 0; tb <= px; ++tb) src_tap[t++] = kTapRows[py][ta] * 3 + kTapRows[px][tb];
+  }
+  std::vector<float> wf(9 * d.k * d.m);
   const float* wp = w.typed_data();
-  for (int a = 0; a < 3; ++a)
-    for (int b = 0; b < 3; ++b)
-      for (int64_t kk = 0; kk < d.k; ++kk)
-        for (int64_t mm = 0; mm < d.m; ++mm)
-          wf[((a * 3 + b) * d.m + mm) * d.k + kk] = wp[(((2 - a) * 3 + 2 - b) * d.k + kk) * d.m + mm];
+  float* wfp_out = wf.data();
+  ParallelFor(pool, 9, [&](int64_t tap) {
+    const float* src = wp + src_tap[tap] * d.k * d.m;
+    float* dst = wfp_out + tap * d.m * d.k;
+    for (int64_t k0 = 0; k0 < d.k; k0 += kV)
+      for (int64_t m0 = 0; m0 < d.m; m0 += kV)
+        for (int64_t kk = k0; kk < std::min(d.k, k0 + kV); ++kk)
+          for (int64_t mm = m0; mm < std::min(d.m, m0 + kV); ++mm)
+            dst[mm * d.k + kk] = src[kk * d.m + mm];
+  });
+  if (d.s == 2) {
+    const int64_t rows = d.n * ((d.h + 1) / 2), chunks = std::min(rows, kChunks);
+    const float* gp = dy.typed_data();
+    float* xp = dx->typed_data();
+    const float* cp = wf.data();
+    ParallelFor(pool, chunks, [&](int64_t c) {
+      DgradStride2Rows(gp, cp, xp, d, ChunkBegin(rows, chunks, c), ChunkBegin(rows, chunks, c + 1));
+    });
+    return ffi::Error::Success();
+  }
   const int64_t rows = d.n * d.h, chunks = std::min(rows, kChunks);
   const float* gp = dy.typed_data();
   float* xp = dx->typed_data();
@@ -362,20 +490,42 @@ ffi::Error Dgrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi
   return ffi::Error::Success();
 }
 
-ffi::Error Wgrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                 ffi::ResultBuffer<ffi::F32> dw, int64_t stride) {
+ffi::Error WgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                     ffi::ResultBuffer<ffi::F32> dw, int64_t stride) {
   const Shape d = Geometry(x.dimensions(), dy.dimensions(), stride);
   if (ffi::Error e = Check(d); e.failure()) return e;
-  const int64_t size = 9 * d.k * d.m;
-  const int64_t chunks = std::min(d.n, kChunks);
-  std::vector<float> partial(chunks * size, 0.f);
+  const WgradTile t = ChooseWgradTile(d);
+  const int64_t size = 9 * d.k * d.m, items = 3 * (d.m / (t.q * kV)) * (d.k / t.c);
+  const int64_t image_size = (d.h + 3) * (d.w + 2) * d.k;
   const float *xp = x.typed_data(), *gp = dy.typed_data();
+  float* out = dw->typed_data();
+  if (d.k * d.m > kSmallWgrad) {
+    // Wide layers: every work item is a disjoint part of dw over the whole batch, so no
+    // partial copies of dw (megabytes each) are written and added up.
+    std::vector<float> images(d.n * image_size);
+    const int64_t pads = std::min(d.n, kChunks);
+    ParallelFor(pool, pads, [&](int64_t c) {
+      PadImages(xp, d, ChunkBegin(d.n, pads, c), ChunkBegin(d.n, pads, c + 1), images.data());
+    });
+    const int64_t chunks = std::min(items, 8 * kChunks);
+    ParallelFor(pool, chunks, [&](int64_t c) {
+      WgradItems(t, images.data(), 0, d.n, gp, d, ChunkBegin(items, chunks, c),
+                 ChunkBegin(items, chunks, c + 1), out);
+    });
+    return ffi::Error::Success();
+  }
+  // Narrow layers (ResNet-32): chunks of images, each summing its padded images (kept in
+  // cache) into its own partial dw; the partials are added in chunk order.
+  const int64_t chunks = std::min(d.n, kChunks);
+  std::vector<float> partial(chunks * size);
   float* pp = partial.data();
   ParallelFor(pool, chunks, [&](int64_t c) {
-    WgradImages(xp, gp, pp + c * size, d, ChunkBegin(d.n, chunks, c),
-                ChunkBegin(d.n, chunks, c + 1));
+    const int64_t n0 = ChunkBegin(d.n, chunks, c), n1 = ChunkBegin(d.n, chunks, c + 1);
+    std::vector<float> images((n1 - n0) * image_size);
+    PadImages(xp + n0 * d.h * d.w * d.k, d, 0, n1 - n0, images.data());
+    WgradItems(t, images.data(), 0, n1 - n0, gp + n0 * d.ho * d.wo * d.m, d, 0, items,
+               pp + c * size);
   });
-  float* out = dw->typed_data();
   std::memcpy(out, pp, sizeof(float) * size);
   for (int64_t c = 1; c < chunks; ++c)
     for (int64_t i = 0; i < size; ++i) out[i] += pp[c * size + i];
@@ -383,10 +533,10 @@ ffi::Error Wgrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi:
 }
 
 // ---------------------------------------------------------------------------------------------
-// Per-channel sums for BatchNorm: out[0, c] = sum(a[..., c]), out[1, c] = sum(a[..., c] * b[..., c])
-// over all but the last axis. Each block of rows (one image) is summed in float32 vectors,
-// four interleaved accumulators per sum, and the block totals are added in double, block by
-// block in a fixed order: more accurate than one float32 sum, and independent of threads.
+// Per-channel sums for BatchNorm: out[0, c] = sum(a[..., c]), out[1, c] = sum(a[..., c] * b[...,
+// c]) over all but the last axis. Each block of rows (one image) is summed in float32 vectors, four
+// interleaved accumulators per sum, and the block totals are added in double, block by block in a
+// fixed order: more accurate than one float32 sum, and independent of threads.
 
 void ChannelSumsBlock(const float* a, const float* b, int64_t rows, int64_t c, double* out) {
   for (int64_t c0 = 0; c0 < c; c0 += kV) {
@@ -412,8 +562,8 @@ void ChannelSumsBlock(const float* a, const float* b, int64_t rows, int64_t c, d
   }
 }
 
-ffi::Error ChannelSums(ffi::ThreadPool pool, ffi::AnyBuffer a_buf, ffi::AnyBuffer b_buf,
-                       ffi::ResultBuffer<ffi::F32> out) {
+ffi::Error ChannelSumsImpl(ffi::ThreadPool pool, ffi::AnyBuffer a_buf, ffi::AnyBuffer b_buf,
+                           ffi::ResultBuffer<ffi::F32> out) {
   if (a_buf.element_type() != ffi::F32 || b_buf.element_type() != ffi::F32)
     return ffi::Error::InvalidArgument("channel sums take float32 inputs");
   const auto dims = a_buf.dimensions();
@@ -443,6 +593,24 @@ ffi::Error ChannelSums(ffi::ThreadPool pool, ffi::AnyBuffer a_buf, ffi::AnyBuffe
   }
   return ffi::Error::Success();
 }
+
+// The handlers XLA calls: an exception (an allocation failure) becomes an XLA error.
+template <auto kImpl, typename... Args>
+ffi::Error Guarded(Args... args) {
+  try {
+    return kImpl(args...);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("lt_jax native kernel: ") + e.what());
+  }
+}
+
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+constexpr auto Forward = Guarded<ForwardImpl, ffi::ThreadPool, F32, F32, F32Out, int64_t>;
+constexpr auto Dgrad = Guarded<DgradImpl, ffi::ThreadPool, F32, F32, F32Out, int64_t>;
+constexpr auto Wgrad = Guarded<WgradImpl, ffi::ThreadPool, F32, F32, F32Out, int64_t>;
+constexpr auto ChannelSums =
+    Guarded<ChannelSumsImpl, ffi::ThreadPool, ffi::AnyBuffer, ffi::AnyBuffer, F32Out>;
 
 }  // namespace
 

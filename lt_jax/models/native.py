@@ -41,7 +41,10 @@ _TARGETS = {
     "lt_jax_conv3x3_wgrad": "LtJaxConv3x3Wgrad",
     "lt_jax_channel_sums": "LtJaxChannelSums",
 }
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
+# Tuned for the host's vector unit where the compiler can (GCC/Clang on x86: -march;
+# Clang on Apple/ARM: -mcpu), else the compiler's portable default.
+_ARCH_FLAGS = (("-march=native",), ("-mcpu=native",), ())
 _LANES = 16  # the kernels vectorise over 16 output channels
 
 _lock = threading.Lock()
@@ -94,8 +97,9 @@ def _build() -> str:
     include = jax.ffi.include_dir()
     source = _source()
     key = hashlib.sha256()
-    for part in (source, version, jax.__version__, jax.lib.__version__, _cpu_identity(), _FLAGS):
-        key.update(repr(part).encode() if not isinstance(part, bytes) else part)
+    parts = (source, version, jax.__version__, jax.lib.__version__, _cpu_identity())
+    for part in (*parts, _FLAGS, _ARCH_FLAGS):
+        key.update(part if isinstance(part, bytes) else repr(part).encode())
     lib = os.path.join(_cache_dir(), f"conv3x3-{key.hexdigest()[:16]}.so")
     if os.path.exists(lib):
         return lib
@@ -104,11 +108,18 @@ def _build() -> str:
         with open(src, "wb") as f:
             f.write(source)
         out = os.path.join(tmp, "conv3x3.so")
-        proc = subprocess.run(
-            [cxx, *_FLAGS, "-I", include, src, "-o", out], capture_output=True, text=True
-        )
-        if proc.returncode:
-            raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-2000:]}")
+        errors = []
+        for arch in _ARCH_FLAGS:
+            proc = subprocess.run(
+                [cxx, *_FLAGS, *arch, "-I", include, src, "-o", out],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode == 0:
+                break
+            errors.append(proc.stderr.strip()[-1000:])
+        else:
+            raise RuntimeError(f"{cxx} failed: {errors[-1]}")
         # Atomic, so concurrent processes (pytest -n, several runs) never load a partial file.
         staged = f"{lib}.{os.getpid()}.tmp"
         shutil.copyfile(out, staged)
