@@ -1,7 +1,7 @@
 """Training throughput of the ResNet-32 CIFAR step: lt_jax vs the same network in PyTorch eager.
 
 Usage: python benchmarks/throughput.py [--batch 128] [--steps 10] [--rounds 3]
-           [--kernels auto|xla|cpu] [--compiler-options auto|none]
+           [--kernels auto|xla|cpu] [--compiler-options auto|none] [--host-memory keep|default]
        (needs the [bench] extra: pip install -e '.[bench]')
 
 Both sides run forward + backward + SGD-momentum (wd 2e-4) on random 32x32x3 batches of
@@ -9,10 +9,13 @@ the same size, float32, in one process, alternating rounds; each round times ``-
 steady-state steps after warm-up, and the median round is reported. lt_jax's step is the
 real one of ``lt_jax.train`` (softmax CE, linear head, no augmentation so both sides do
 the same work). Also reported: lt_jax compile time, peak host memory (RSS) and a
-1-vs-N-device scaling line on virtual CPU devices (run in subprocesses, since the device
-count is fixed at JAX start-up). ``--kernels`` / ``--compiler-options`` switch off the CPU
-fixes of ``lt_jax.models.kernels`` (``xla`` / ``none``: the plain XLA program) to measure
-each one's share.
+1/2/8-device scaling line on virtual CPU devices (run in subprocesses, since the device
+count is fixed at JAX start-up; with more than one device the native kernels are off).
+``--host-memory keep`` (the default) applies ``lt_jax.cli.keep_host_memory()`` as the
+training CLI does, to both frameworks alike since they share the process. ``--kernels`` /
+``--compiler-options`` switch off the CPU fixes of ``lt_jax.models.kernels`` (``xla`` /
+``none``: the plain XLA program) to measure each one's share; ``LT_JAX_NATIVE=0`` switches
+off the native kernels alone.
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ import numpy as np
 SCALING_SNIPPET = r"""
 import json, sys, time
 sys.argv = ["x"]
-import jax, numpy as np
 sys.path.insert(0, {root!r})
+from lt_jax import cli
+if {keep!r}:
+    cli.keep_host_memory()
+import jax, numpy as np
 from benchmarks.throughput import JaxStep
 step = JaxStep({batch}, devices=jax.devices(), impl={impl!r}, options={options!r})
 print(json.dumps(step.images_per_second({steps}, rounds=2)))
@@ -183,13 +189,13 @@ class TorchStep:
         return steps * self.batch / (time.perf_counter() - start)
 
 
-def scaling_line(batch: int, steps: int, impl, options, counts=(1, 8)) -> dict:
+def scaling_line(batch: int, steps: int, impl, options, keep=True, counts=(1, 2, 8)) -> dict:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = {}
     for n in counts:
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
         code = SCALING_SNIPPET.format(
-            root=root, batch=batch, steps=steps, impl=impl, options=options
+            root=root, batch=batch, steps=steps, impl=impl, options=options, keep=keep
         )
         res = subprocess.run(
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
@@ -247,9 +253,12 @@ def main():
         if theirs:
             torch_rates.append(theirs.run(args.steps))
     j = float(np.median(jax_rates))
+    from lt_jax.models import kernels
+
+    native = " + native" if ours.impl == "cpu" and kernels.native_enabled() else ""
     print(
         f"lt_jax  ResNet-32 train step, batch {args.batch}: {j:8.1f} images/s "
-        f"(compile {ours.compile_s:.1f} s; kernels {ours.impl}, compiler options "
+        f"(compile {ours.compile_s:.1f} s; kernels {ours.impl}{native}, compiler options "
         f"{args.compiler_options})"
     )
     if theirs:
@@ -260,7 +269,9 @@ def main():
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak host memory (RSS, both frameworks): {peak_mb:.0f} MiB")
     if not args.no_scaling:
-        lines = scaling_line(args.batch, args.steps, args.kernels, args.compiler_options)
+        lines = scaling_line(
+            args.batch, args.steps, args.kernels, args.compiler_options, keep=bool(kept)
+        )
         for n, rate in lines.items():
             print(f"scaling: {n} virtual CPU device(s): {rate:8.1f} images/s")
 

@@ -1,19 +1,23 @@
-// 3x3 convolutions with padding 1 (stride 1 or 2) for XLA:CPU, as XLA FFI handlers.
+// 3x3 convolutions with padding 1 (stride 1 or 2) and BatchNorm channel sums for XLA:CPU,
+// as XLA FFI handlers (lt_jax/models/native.py builds this file for the host on first use).
 //
-// Layouts are the ones XLA holds for ResNet-32: activations NHWC, kernels HWIO, float32.
-// Three handlers, one per pass of a training step:
+// Layouts are the ones XLA holds for the ResNets: activations NHWC, kernels HWIO, float32.
 //   lt_jax_conv3x3_fwd    y[n,o,p,m]  = sum_{a,b,k} x[n, s*o+a-1, s*p+b-1, k] * w[a,b,k,m]
 //   lt_jax_conv3x3_dgrad  dx = the transpose of fwd applied to dy (same w)
 //   lt_jax_conv3x3_wgrad  dw[a,b,k,m] = sum_{n,o,p} x[n, s*o+a-1, s*p+b-1, k] * dy[n,o,p,m]
-// Every pass is a direct convolution: a tile of output pixels times 16 output channels
-// is held in vector registers while the 3x3xK taps stream past, so nothing like an
-// im2col matrix is written to memory. Rows of the batch are split into a fixed number
-// of chunks that XLA's intra-op thread pool works off; the weight gradient adds the
-// chunks' partial sums in chunk order, so results do not depend on the thread count.
+//   lt_jax_channel_sums   per-channel sum(a) and sum(a * b) over all but the last axis
+// Every convolution pass is direct: a tile of output pixels times blocks of 16 output
+// channels is held in vector registers while the taps and input channels stream past,
+// so no im2col matrix is written to memory. The stride-1 input gradient is the forward
+// correlation with flipped, transposed taps; the stride-2 one is split by output parity
+// into four small correlations (no multiplications by zero).
 //
-// The vector type is a GCC/Clang vector extension of 16 floats; the compiler maps it
-// to the host's widest SIMD (AVX-512, AVX2, NEON, ...). lt_jax/models/native.py
-// compiles this file for the host on first use.
+// Work is split into a fixed number of chunks (rows of the batch, images, or parts of
+// dw) that XLA's intra-op thread pool works off; where chunks produce partial sums they
+// are added in chunk order, so results never depend on the thread count or timing.
+//
+// The vector type is a GCC/Clang vector extension of 16 floats; the compiler maps it to
+// the host's widest SIMD (AVX-512, AVX2, NEON, ...).
 
 #include <algorithm>
 #include <atomic>
