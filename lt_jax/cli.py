@@ -40,9 +40,13 @@ def host_cores() -> int:
 def use_all_cpu_cores(batch_sizes) -> int | None:
     """Opt-in (``LT_JAX_CPU_DEVICES=N``): N virtual XLA:CPU devices before JAX's backends start.
 
-    The data-parallel step then shards the batch over the devices. On the 2-core development
-    machine this adds about 7% to the ResNet-32 step with the CPU kernels (287 -> 308
-    images/s). Opt-in because XLA:CPU's all-reduce rendezvous aborted runs (40 s termination
+    The data-parallel step then shards the batch over the devices. Since the native CPU
+    kernels (``lt_jax.models.native``, single device only) this is slower for the ResNets:
+    ResNet-32 at batch 128 on the 2-core development machine, 593 images/s on one device
+    against 388 on two (``benchmarks/throughput.py``'s scaling line); before them two
+    devices added about 7% (287 -> 308). It may still help models without native kernels
+    (the small CNN) on many-core hosts. Opt-in also because XLA:CPU's all-reduce
+    rendezvous aborted runs (40 s termination
     timeout) when the CPU was oversubscribed: 3 of 12 default runs with 2 devices, three
     processes at a time; with ``--xla_cpu_collective_call_terminate_timeout_seconds=600``
     0 of 21 failed and none even reported a stuck thread, so that flag is added here unless

@@ -1,9 +1,15 @@
-"""Backend-specific building blocks: plain XLA ops on GPU/TPU, a few CPU fixes on XLA:CPU.
+"""Backend-specific building blocks: plain XLA ops on GPU/TPU, CPU fixes and kernels on XLA:CPU.
 
-Three measured XLA:CPU problems slow the ResNet train step (jax 0.10.2; numbers from
-``benchmarks/throughput.py`` in the README's "Benchmarks" section):
+Four measured XLA:CPU problems slow the ResNet train step (jax 0.10.2; numbers from
+``benchmarks/throughput.py`` and ``benchmarks/conv_kernels.py`` in the README's
+"Benchmarks" section):
 
-1. **Re-computed residual streams.** A convolution's weight gradient wants its
+1. **Slow convolutions.** XLA:CPU's own (Eigen) convolutions were most of the step, their
+   weight gradients at half the speed of the forward pass. :class:`Conv` runs 3x3,
+   padding-1 layers on :mod:`lt_jax.models.native`'s direct convolutions (an XLA FFI
+   library compiled for the host on first use): 355 -> 157 ms for all convolution passes
+   of a ResNet-32 step at batch 128. Without a C++ compiler, XLA's convolutions are used.
+2. **Re-computed residual streams.** A convolution's weight gradient wants its
    input transposed (channels major). XLA:CPU fuses the cheap elementwise ops that
    produced that input (BatchNorm affine, residual add, ReLU) into the transpose
    and, because each block's input is itself such an elementwise function of the
@@ -13,20 +19,25 @@ Three measured XLA:CPU problems slow the ResNet train step (jax 0.10.2; numbers 
    CPU pipeline expands it before fusion. XLA never duplicates a *reduction* into
    several consumers, so :func:`relu` computes the training-mode ReLU as a maximum
    over ``[z, 0]``: the same values and the same gradient as ``jax.nn.relu``, but
-   the result is materialised once and every consumer reads it.
-2. **Slow reductions.** XLA:CPU splits each BatchNorm sum into a reduce-window that
-   cannot fuse its input (``x * x`` is written out first): 2 ms for the two sums
-   over a 32x32x16 batch of 128, against 1 ms as matrix products. The CPU
-   :func:`batch_norm_train` takes every per-channel sum of the forward and the
-   backward pass as a product with a ones vector or as the diagonal of a
-   channel-by-channel Gram matrix, with a hand-written gradient.
-3. **Library convolutions.** With YNNPACK fusions on (the jaxlib default) the
-   convolutions and their gradients ran slower than XLA's Eigen kernels; the CPU
-   train step is compiled with :func:`compiler_options`, which turns them off.
+   the result is materialised once and every consumer reads it. (It still matters
+   where XLA's convolutions run: other kernel sizes, grouped layers, no compiler.)
+3. **Slow reductions.** XLA:CPU splits each BatchNorm sum into a reduce-window that
+   cannot fuse its input (``x * x`` is written out first). The CPU
+   :func:`batch_norm_train` has a hand-written gradient and takes every per-channel sum
+   of the forward and the backward pass with :func:`_channel_sums`: the native kernel
+   (float32 per image, double across images) where it applies, else matrix products
+   with a ones vector or a Gram diagonal, per image.
+4. **Library fusions.** With YNNPACK fusions on (the jaxlib default) the convolutions
+   and their gradients ran slower than XLA's Eigen kernels; the CPU train step is
+   compiled with :func:`compiler_options`, which turns them off.
+
+(A fifth cost is outside the program: glibc returning each step's buffers to the OS;
+see :func:`lt_jax.cli.keep_host_memory`.)
 
 ``implementation(backend)`` picks ``"cpu"`` only for the CPU backend; GPU and
-TPU keep exactly the plain XLA program (``jax.nn.relu``, ``nnx.BatchNorm``, the
-default compiler options); ``config.kernels = "xla"`` asks for it on CPU too.
+TPU keep exactly the plain XLA program (``conv_general_dilated``, ``jax.nn.relu``,
+``nnx.BatchNorm``, the default compiler options); ``config.kernels = "xla"`` asks for it
+on CPU too. The native kernels also need a single device (:func:`native_enabled`).
 """
 
 from __future__ import annotations
