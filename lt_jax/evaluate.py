@@ -20,7 +20,10 @@ def main(argv):
     del argv
     import ml_collections
 
-    from lt_jax import checkpoint, cli, metrics, train
+    from lt_jax import cli
+
+    cli.keep_host_memory()  # before JAX's backend starts (see lt_jax.main)
+    from lt_jax import checkpoint, metrics, train
 
     path = os.path.join(FLAGS.workdir, "config.json")
     if not os.path.exists(path):

@@ -32,7 +32,10 @@ def main(argv=None):
     parser.add_argument("--args", default="", help="extra config arguments, e.g. epochs=10")
     args = parser.parse_args(argv)
 
-    from lt_jax import checkpoint, cli, train
+    from lt_jax import cli
+
+    cli.keep_host_memory()  # before JAX's backend starts (see lt_jax.main)
+    from lt_jax import checkpoint, train
 
     cli.setup_logging()
     log = logging.getLogger("lt_jax")
