@@ -240,20 +240,32 @@ def test_native_kernels_can_be_switched_off(tmp_path):
     assert out["why"] == "disabled by LT_JAX_NATIVE=0" and out["calls_cpu"] == 0
 
 
+CACHE_LISTING = """
+import json, os
+from lt_jax.models import native
+ok = native.available()
+print(json.dumps(dict(ok=ok, files=sorted(os.listdir(os.environ["LT_JAX_CACHE"])))))
+"""
+
+
 def test_the_library_is_built_once_per_host_and_reused(tmp_path):
-    code = """
-    import json, os
-    from lt_jax.models import native
-    ok = native.available()
-    print(json.dumps(dict(ok=ok, files=sorted(os.listdir(os.environ["LT_JAX_CACHE"])))))
-    """
     cache = tmp_path / "cache"
-    first, _ = _run(code, tmp_path, LT_JAX_CACHE=str(cache))
+    first, _ = _run(CACHE_LISTING, tmp_path, LT_JAX_CACHE=str(cache))
     assert first["ok"] and len(first["files"]) == 1 and first["files"][0].endswith(".so")
     built = (cache / first["files"][0]).stat().st_mtime_ns
-    second, _ = _run(code, tmp_path, LT_JAX_CACHE=str(cache))
+    second, _ = _run(CACHE_LISTING, tmp_path, LT_JAX_CACHE=str(cache))
     assert second == first
     assert (cache / first["files"][0]).stat().st_mtime_ns == built
+
+
+def test_a_corrupt_cached_library_is_rebuilt(tmp_path):
+    cache = tmp_path / "cache"
+    first, _ = _run(CACHE_LISTING, tmp_path, LT_JAX_CACHE=str(cache))
+    library = cache / first["files"][0]
+    library.write_bytes(b"not a shared library")
+    second, err = _run(CACHE_LISTING, tmp_path, LT_JAX_CACHE=str(cache))
+    assert second == first and "rebuilding the native library" in err
+    assert library.read_bytes() != b"not a shared library" and library.stat().st_size > 10_000
 
 
 FAULTS = """

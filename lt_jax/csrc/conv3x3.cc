@@ -618,30 +618,19 @@ constexpr auto ChannelSums =
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LtJaxConv3x3Fwd, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
+// The convolution handlers' signature: thread pool; two float32 arrays in, one out; stride.
+inline auto ConvBinding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("stride");
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LtJaxConv3x3Dgrad, Dgrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(LtJaxConv3x3Wgrad, Wgrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("stride"));
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LtJaxConv3x3Fwd, Forward, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LtJaxConv3x3Dgrad, Dgrad, ConvBinding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LtJaxConv3x3Wgrad, Wgrad, ConvBinding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LtJaxChannelSums, ChannelSums,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()

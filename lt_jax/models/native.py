@@ -1,20 +1,20 @@
-"""A native 3x3 convolution for XLA:CPU, built on first use from ``lt_jax/csrc/conv3x3.cc``.
+"""Native CPU kernels for XLA:CPU, built on first use from ``lt_jax/csrc/conv3x3.cc``.
 
 XLA:CPU's own (Eigen) convolutions are the largest part of a CPU training step, and
 their weight gradients run at about half the speed of the forward pass. The C++ file
 holds direct convolutions for the three passes of a 3x3, padding-1 convolution
-(stride 1 or 2, NHWC/HWIO, float32), registered as XLA FFI custom calls that work off
-XLA's intra-op thread pool. :func:`conv3x3` is the convolution with its gradient wired
-to them.
+(stride 1 or 2, NHWC/HWIO, float32) and BatchNorm's per-channel sums, registered as
+XLA FFI custom calls that work off XLA's intra-op thread pool. :func:`conv3x3` is the
+convolution with its gradient wired to them, :func:`channel_sums` the sums.
 
 The library is compiled for the host (``-O3 -march=native``) with the system C++
 compiler (``$CXX``, else ``c++``/``g++``/``clang++``) against the FFI headers that jaxlib
 ships, and cached under ``$LT_JAX_CACHE`` (default ``~/.cache/lt_jax``) keyed by the
 source, the compiler, jaxlib and the CPU, so a later run, or another machine sharing the
-home directory, never loads a build that was not made for it. Building takes a few
-seconds once. Without a compiler (or with ``LT_JAX_NATIVE=0``) :func:`available` is False,
-a one-line warning says why, and the models keep XLA's convolutions: the numbers are the
-same, only slower.
+home directory, never loads a build that was not made for it. Building takes about 8 s
+once. Without a compiler (or with ``LT_JAX_NATIVE=0``) :func:`available` is False, a
+one-line warning says why, and the models keep XLA's ops: the numbers are the same,
+only slower.
 """
 
 from __future__ import annotations
@@ -57,22 +57,23 @@ def _source() -> bytes:
 
 def _compiler() -> str | None:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        path = shutil.which(name) if name else None
+        if path:
+            return path
     return None
 
 
 def _cpu_identity() -> str:
     """What -march=native depends on: the architecture and the CPU's feature flags."""
-    ident = platform.machine()
+    ident = [platform.machine()]
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features", "model name")):
-                    ident += line
+            for line in f:  # the first CPU's entries are enough
+                if line.startswith(("flags", "Features", "model name")) and line not in ident:
+                    ident.append(line)
     except OSError:
-        ident += platform.processor()
-    return ident
+        ident.append(platform.processor())
+    return "".join(ident)
 
 
 def _cache_dir() -> str:
@@ -127,6 +128,18 @@ def _build() -> str:
     return lib
 
 
+def _load():
+    """The library, loaded; a cached file that does not load (truncated by a full disk,
+    say) is removed and rebuilt once."""
+    path = _build()
+    try:
+        return ctypes.cdll.LoadLibrary(path)
+    except OSError as e:
+        logging.warning("lt_jax: rebuilding the native library, %s did not load: %s", path, e)
+        os.remove(path)
+        return ctypes.cdll.LoadLibrary(_build())
+
+
 def available() -> bool:
     """True when the native convolution is built and registered with XLA:CPU."""
     with _lock:
@@ -136,7 +149,7 @@ def available() -> bool:
                 _state["why"] = "disabled by LT_JAX_NATIVE=0"
             else:
                 try:
-                    lib = ctypes.cdll.LoadLibrary(_build())
+                    lib = _load()
                     for target, symbol in _TARGETS.items():
                         capsule = jax.ffi.pycapsule(getattr(lib, symbol))
                         jax.ffi.register_ffi_target(target, capsule, platform="cpu")
