@@ -104,6 +104,7 @@ def _build() -> str:
     lib = os.path.join(_cache_dir(), f"conv3x3-{key.hexdigest()[:16]}.so")
     if os.path.exists(lib):
         return lib
+    logging.getLogger("lt_jax").info("building the native CPU kernels once: %s", lib)
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "conv3x3.cc")
         with open(src, "wb") as f:
