@@ -83,7 +83,8 @@ def keep_host_memory() -> bool:
     glibc's defaults the large ones are mapped and unmapped each time (and per-thread heaps
     trimmed), so every step first-touches fresh pages: on the 2-core development machine
     78,500 page faults per ResNet-32 step of batch 128, 315 -> 272 ms per step once they
-    are gone. This sets, before JAX starts its threads: no mmap for large blocks, one
+    are gone. This sets, before JAX starts its threads (best before importing JAX, which
+    starts one): no mmap for large blocks, one
     malloc arena, no trimming, i.e. memory stays with the process up to its peak use (what
     the step needs anyway). Only on Linux with glibc, only for CPU-only JAX installs
     (a CUDA/ROCm/TPU plugin means the host is not where the work runs), and not when
@@ -92,17 +93,20 @@ def keep_host_memory() -> bool:
     import ctypes
     import importlib.util
     import platform
-
-    from jax._src import xla_bridge  # importing JAX is fine; its backends start lazily
+    import sys
 
     if (
         os.environ.get("LT_JAX_KEEP_HOST_MEMORY", "1") == "0"
         or platform.system() != "Linux"
         or platform.libc_ver()[0] != "glibc"
-        or xla_bridge.backends_are_initialized()
         or any(importlib.util.find_spec(p) for p in _ACCELERATOR_PLUGINS)
     ):
         return False
+    if "jax" in sys.modules:  # else not imported yet: no JAX thread has an arena of its own
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return False
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
