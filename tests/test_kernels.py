@@ -61,8 +61,10 @@ def _train_grad_jaxpr(model, shape):
 
 
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])
-def test_accelerators_get_the_plain_xla_program(backend):
-    """What a GPU/TPU run traces: plain convolutions and jax.nn.relu, no CPU workaround."""
+def test_accelerators_get_the_plain_xla_program(backend, monkeypatch):
+    """What a GPU/TPU run traces: plain convolutions and jax.nn.relu, no CPU workaround,
+    even where the native CPU kernels would be allowed (forced on here)."""
+    monkeypatch.setattr(kernels, "native_enabled", lambda: True)
     for model, shape in [
         (
             ResNetCifar(
@@ -78,6 +80,7 @@ def test_accelerators_get_the_plain_xla_program(backend):
         prims = _primitives(_train_grad_jaxpr(model, shape))
         assert "conv_general_dilated" in prims
         assert "reduce_max" not in prims  # the CPU ReLU's marker
+        assert "ffi_call" not in prims  # no native CPU kernel
     assert kernels.compiler_options(backend) is None
 
 
