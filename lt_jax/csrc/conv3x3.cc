@@ -89,19 +89,6 @@ struct Shape {
   int64_t n, h, w, k, ho, wo, m, s;
 };
 
-// Three input rows s*o-1 .. s*o+1 of image n, zero-padded by one pixel left and right:
-// scratch[a][1 + q][k] = x[n, s*o+a-1, q, k].
-void InputRows(const float* x, const Shape& d, int64_t n, int64_t o, float* scratch) {
-  const int64_t wp = d.w + 2;
-  std::memset(scratch, 0, sizeof(float) * 3 * wp * d.k);
-  for (int a = 0; a < 3; ++a) {
-    const int64_t r = d.s * o + a - 1;
-    if (r < 0 || r >= d.h) continue;
-    std::memcpy(scratch + (a * wp + 1) * d.k, x + ((n * d.h + r) * d.w) * d.k,
-                sizeof(float) * d.w * d.k);
-  }
-}
-
 // Register tiles. The machine needs many independent accumulators to keep its FMA units
 // busy (about 24 vectors of 16 floats on the AVX-512 development machine), so a tile
 // holds kR output rows x kP pixels x kQ blocks of 16 output channels, 24 vectors.
@@ -175,13 +162,24 @@ void CorrelateRows(const float* rows, int64_t wp, int64_t k, const float* w, int
   }
 }
 
-// Output rows [o0, o0 + nr) of image n (nr <= 3 at a time) from padded input rows.
+// At most kRows output rows at a time.
 constexpr int kRows = 3;
 
-// Padded input rows s*o0-1 .. s*(o0+nr-1)+1 of image n: scratch[i][1 + q][k] = x[n, s*o0-1+i, q,
-// k].
-int64_t InputRowsN(const float* x, const Shape& d, int64_t n, int64_t o0, int64_t nr,
-                   float* scratch) {
+// CorrelateRows for nr = 1..kRows rows, nr known at run time.
+template <int kS, int kTA = 3, int kTB = 3>
+void CorrelateRowsN(int64_t nr, const float* rows, int64_t wp, int64_t k, const float* w, int64_t m,
+                    int64_t wo, float* out, int64_t out_row, int64_t ps) {
+  if (nr == 3)
+    CorrelateRows<3, kS, kTA, kTB>(rows, wp, k, w, m, wo, out, out_row, ps);
+  else if (nr == 2)
+    CorrelateRows<2, kS, kTA, kTB>(rows, wp, k, w, m, wo, out, out_row, ps);
+  else if (nr == 1)
+    CorrelateRows<1, kS, kTA, kTB>(rows, wp, k, w, m, wo, out, out_row, ps);
+}
+
+// Input rows s*o0-1 .. s*(o0+nr-1)+1 of image n, zero outside the image and zero-padded by
+// one pixel left and right: scratch[i][1 + q][k] = x[n, s*o0-1+i, q, k].
+void InputRows(const float* x, const Shape& d, int64_t n, int64_t o0, int64_t nr, float* scratch) {
   const int64_t wp = d.w + 2, count = d.s * (nr - 1) + 3;
   std::memset(scratch, 0, sizeof(float) * count * wp * d.k);
   for (int64_t i = 0; i < count; ++i) {
@@ -190,7 +188,6 @@ int64_t InputRowsN(const float* x, const Shape& d, int64_t n, int64_t o0, int64_
     std::memcpy(scratch + (i * wp + 1) * d.k, x + ((n * d.h + r) * d.w) * d.k,
                 sizeof(float) * d.w * d.k);
   }
-  return count;
 }
 
 template <int kS>
@@ -199,14 +196,9 @@ void ForwardImageRows(const float* x, const float* w, float* y, const Shape& d, 
   const int64_t wp = d.w + 2, out_row = d.wo * d.m;
   for (int64_t o = o0; o < o1;) {
     const int64_t nr = std::min<int64_t>(kRows, o1 - o);
-    InputRowsN(x, d, n, o, nr, scratch);
-    float* out = y + (n * d.ho + o) * out_row;
-    if (nr == 3)
-      CorrelateRows<3, kS>(scratch, wp, d.k, w, d.m, d.wo, out, out_row, d.m);
-    else if (nr == 2)
-      CorrelateRows<2, kS>(scratch, wp, d.k, w, d.m, d.wo, out, out_row, d.m);
-    else
-      CorrelateRows<1, kS>(scratch, wp, d.k, w, d.m, d.wo, out, out_row, d.m);
+    InputRows(x, d, n, o, nr, scratch);
+    CorrelateRowsN<kS>(nr, scratch, wp, d.k, w, d.m, d.wo, y + (n * d.ho + o) * out_row, out_row,
+                       d.m);
     o += nr;
   }
 }
@@ -238,25 +230,16 @@ void ForwardRows(const float* x, const float* w, float* y, const Shape& d, int64
 // transposed taps), i.e. the forward correlation of 1-padded dy rows.
 void DgradRows(const float* dy, const float* wf, float* dx, const Shape& d, int64_t r0,
                int64_t r1) {
+  // dy read as a stride-1 input: its rows q-1 .. q+nr for output rows q .. q+nr-1 of dx.
+  const Shape dyd{d.n, d.ho, d.wo, d.m, d.h, d.w, d.k, 1};
   const int64_t wp = d.w + 2, out_row = d.w * d.k;
   std::vector<float> scratch((kRows + 2) * wp * d.m);
   ByImage(r0, r1, d.h, [&](int64_t n, int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1;) {
       const int64_t nr = std::min<int64_t>(kRows, q1 - q);
-      std::memset(scratch.data(), 0, sizeof(float) * scratch.size());
-      for (int64_t i = 0; i < nr + 2; ++i) {
-        const int64_t t = q - 1 + i;
-        if (t < 0 || t >= d.ho) continue;
-        std::memcpy(scratch.data() + (i * wp + 1) * d.m, dy + ((n * d.ho + t) * d.wo) * d.m,
-                    sizeof(float) * d.wo * d.m);
-      }
-      float* out = dx + (n * d.h + q) * out_row;
-      if (nr == 3)
-        CorrelateRows<3, 1>(scratch.data(), wp, d.m, wf, d.k, d.w, out, out_row, d.k);
-      else if (nr == 2)
-        CorrelateRows<2, 1>(scratch.data(), wp, d.m, wf, d.k, d.w, out, out_row, d.k);
-      else
-        CorrelateRows<1, 1>(scratch.data(), wp, d.m, wf, d.k, d.w, out, out_row, d.k);
+      InputRows(dy, dyd, n, q, nr, scratch.data());
+      CorrelateRowsN<1>(nr, scratch.data(), wp, d.m, wf, d.k, d.w, dx + (n * d.h + q) * out_row,
+                        out_row, d.k);
       q += nr;
     }
   });
@@ -269,17 +252,17 @@ void DgradRows(const float* dy, const float* wf, float* dx, const Shape& d, int6
 // transposed ((ta, tb, m, k) each), one after the other.
 constexpr int kTapRows[2][2] = {{1, -1}, {2, 0}};  // a per (parity, tap index)
 
-template <int kR>
-void DgradParityRows(const float* scratch, int64_t wpg, const float* cls, int ta, int tb,
-                     const Shape& d, int64_t cols, float* out, int64_t out_row) {
+void DgradParityRows(int64_t nr, const float* scratch, int64_t wpg, const float* cls, int ta,
+                     int tb, const Shape& d, int64_t cols, float* out, int64_t out_row) {
+  const int64_t ps = 2 * d.k;  // every other pixel of dx
   if (ta == 1 && tb == 1)
-    CorrelateRows<kR, 1, 1, 1>(scratch, wpg, d.m, cls, d.k, cols, out, out_row, 2 * d.k);
+    CorrelateRowsN<1, 1, 1>(nr, scratch, wpg, d.m, cls, d.k, cols, out, out_row, ps);
   else if (ta == 1)
-    CorrelateRows<kR, 1, 1, 2>(scratch, wpg, d.m, cls, d.k, cols, out, out_row, 2 * d.k);
+    CorrelateRowsN<1, 1, 2>(nr, scratch, wpg, d.m, cls, d.k, cols, out, out_row, ps);
   else if (tb == 1)
-    CorrelateRows<kR, 1, 2, 1>(scratch, wpg, d.m, cls, d.k, cols, out, out_row, 2 * d.k);
+    CorrelateRowsN<1, 2, 1>(nr, scratch, wpg, d.m, cls, d.k, cols, out, out_row, ps);
   else
-    CorrelateRows<kR, 1, 2, 2>(scratch, wpg, d.m, cls, d.k, cols, out, out_row, 2 * d.k);
+    CorrelateRowsN<1, 2, 2>(nr, scratch, wpg, d.m, cls, d.k, cols, out, out_row, ps);
 }
 
 // Rows [r0, r1) of the flattened (n, i) half-resolution grid, i < ceil(h / 2).
@@ -303,12 +286,7 @@ void DgradStride2Rows(const float* dy, const float* classes, float* dx, const Sh
           const int64_t cols = (d.w - px + 1) / 2;
           float* out = dx + ((n * d.h + 2 * i + py) * d.w + px) * d.k;
           const int64_t out_row = 2 * d.w * d.k;
-          if (rows == 3)
-            DgradParityRows<3>(scratch.data(), wpg, cls, ta, tb, d, cols, out, out_row);
-          else if (rows == 2)
-            DgradParityRows<2>(scratch.data(), wpg, cls, ta, tb, d, cols, out, out_row);
-          else if (rows == 1)
-            DgradParityRows<1>(scratch.data(), wpg, cls, ta, tb, d, cols, out, out_row);
+          DgradParityRows(rows, scratch.data(), wpg, cls, ta, tb, d, cols, out, out_row);
           cls += ta * tb * d.m * d.k;
         }
       }
@@ -360,32 +338,25 @@ void WgradItem(const float* images, int64_t n0, int64_t n1, const float* g, cons
               static_cast<float>(total[b][c][q][l]);
 }
 
-// The register tile (kC, kQ) for a layer, and the loop over its items.
+// The register tile (kC, kQ) for a layer, with WgradItem instantiated for it per stride.
+using WgradItemFn = void (*)(const float*, int64_t, int64_t, const float*, const Shape&, int,
+                             int64_t, int64_t, float*);
 struct WgradTile {
   int c, q;
+  WgradItemFn stride1, stride2;
 };
 
-WgradTile ChooseWgradTile(const Shape& d) {
-  if (d.m % (4 * kV) == 0 && d.k % 2 == 0) return {2, 4};
-  if (d.m % (2 * kV) == 0 && d.k % 4 == 0) return {4, 2};
-  if (d.k % 8 == 0) return {8, 1};
-  if (d.k % 3 == 0) return {3, 1};
-  return {1, 1};
+template <int kC, int kQ>
+constexpr WgradTile MakeWgradTile() {
+  return {kC, kQ, &WgradItem<kC, kQ, 1>, &WgradItem<kC, kQ, 2>};
 }
 
-template <int kS>
-void WgradItemAny(const WgradTile& t, const float* images, int64_t n0, int64_t n1, const float* g,
-                  const Shape& d, int a, int64_t m0, int64_t c0, float* dw) {
-  if (t.c == 2)
-    WgradItem<2, 4, kS>(images, n0, n1, g, d, a, m0, c0, dw);
-  else if (t.c == 4)
-    WgradItem<4, 2, kS>(images, n0, n1, g, d, a, m0, c0, dw);
-  else if (t.c == 8)
-    WgradItem<8, 1, kS>(images, n0, n1, g, d, a, m0, c0, dw);
-  else if (t.c == 3)
-    WgradItem<3, 1, kS>(images, n0, n1, g, d, a, m0, c0, dw);
-  else
-    WgradItem<1, 1, kS>(images, n0, n1, g, d, a, m0, c0, dw);
+WgradTile ChooseWgradTile(const Shape& d) {
+  if (d.m % (4 * kV) == 0 && d.k % 2 == 0) return MakeWgradTile<2, 4>();
+  if (d.m % (2 * kV) == 0 && d.k % 4 == 0) return MakeWgradTile<4, 2>();
+  if (d.k % 8 == 0) return MakeWgradTile<8, 1>();
+  if (d.k % 3 == 0) return MakeWgradTile<3, 1>();
+  return MakeWgradTile<1, 1>();
 }
 
 // Items (a, m0, c0) of dw in [i0, i1), over images [n0, n1).
@@ -395,10 +366,7 @@ void WgradItems(const WgradTile& t, const float* images, int64_t n0, int64_t n1,
   for (int64_t i = i0; i < i1; ++i) {
     const int a = static_cast<int>(i / (mb * cb));
     const int64_t m0 = (i / cb) % mb * t.q * kV, c0 = i % cb * t.c;
-    if (d.s == 1)
-      WgradItemAny<1>(t, images, n0, n1, g, d, a, m0, c0, dw);
-    else
-      WgradItemAny<2>(t, images, n0, n1, g, d, a, m0, c0, dw);
+    (d.s == 1 ? t.stride1 : t.stride2)(images, n0, n1, g, d, a, m0, c0, dw);
   }
 }
 
