@@ -442,22 +442,14 @@ ffi::Error DgradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer
           for (int64_t mm = m0; mm < std::min(d.m, m0 + kV); ++mm)
             dst[mm * d.k + kk] = src[kk * d.m + mm];
   });
-  if (d.s == 2) {
-    const int64_t rows = d.n * ((d.h + 1) / 2), chunks = std::min(rows, kChunks);
-    const float* gp = dy.typed_data();
-    float* xp = dx->typed_data();
-    const float* cp = wf.data();
-    ParallelFor(pool, chunks, [&](int64_t c) {
-      DgradStride2Rows(gp, cp, xp, d, ChunkBegin(rows, chunks, c), ChunkBegin(rows, chunks, c + 1));
-    });
-    return ffi::Error::Success();
-  }
-  const int64_t rows = d.n * d.h, chunks = std::min(rows, kChunks);
+  // Stride 2 works through the half-resolution rows (both parities of a dx row pair).
+  const int64_t rows = d.n * (d.s == 2 ? (d.h + 1) / 2 : d.h), chunks = std::min(rows, kChunks);
+  const auto rows_fn = d.s == 2 ? DgradStride2Rows : DgradRows;
   const float* gp = dy.typed_data();
   float* xp = dx->typed_data();
   const float* wfp = wf.data();
   ParallelFor(pool, chunks, [&](int64_t c) {
-    DgradRows(gp, wfp, xp, d, ChunkBegin(rows, chunks, c), ChunkBegin(rows, chunks, c + 1));
+    rows_fn(gp, wfp, xp, d, ChunkBegin(rows, chunks, c), ChunkBegin(rows, chunks, c + 1));
   });
   return ffi::Error::Success();
 }
