@@ -108,31 +108,35 @@ def test_relu_uses_the_materialized_form_only_when_training_on_cpu():
     assert "reduce_max" not in str(jax.make_jaxpr(lambda v: kernels.relu(v, "xla", True))(x))
 
 
+def resnet14_train_step(impl, options):
+    """Loss, BatchNorm statistics and gradients of one ResNet-14 train step (batch 8, 16x16,
+    seed 3) with the kernels ``impl``, compiled with ``options``; also the traced program's
+    number of lt_jax custom calls. Also run by tests/test_native.py in a one-device process."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(8, 16, 16, 3)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 5, 8))
+    model = ResNetCifar(num_classes=5, depth=14, impl=impl, rngs=nnx.Rngs(3))
+    graphdef, params, rest = nnx.split(model, nnx.Param, nnx.BatchStat)
+
+    def loss(params, rest):
+        m = nnx.merge(graphdef, params, rest, copy=True)
+        logits, _ = m(x, train=True)
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        ce = jnp.mean(lse - jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0])
+        return ce, nnx.state(m, nnx.BatchStat)
+
+    fn = jax.value_and_grad(loss, has_aux=True)
+    custom_calls = str(jax.make_jaxpr(fn)(params, rest)).count("lt_jax_")
+    (value, stats), grads = jax.jit(fn, compiler_options=options)(params, rest)
+    return value, stats, grads, custom_calls
+
+
 def test_cpu_train_gradients_equal_the_plain_xla_programs():
     """ResNet with the CPU kernels, compiled with the CPU options, against the plain XLA
     program (jax.nn.relu, jaxlib's default compiler options): same loss and gradients
     within float32 tolerance, BatchNorm statistics included."""
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(8, 16, 16, 3)).astype(np.float32))
-    y = jnp.asarray(rng.integers(0, 5, 8))
-
-    def run(impl, options):
-        model = ResNetCifar(num_classes=5, depth=14, impl=impl, rngs=nnx.Rngs(3))
-        graphdef, params, rest = nnx.split(model, nnx.Param, nnx.BatchStat)
-
-        def loss(params, rest):
-            m = nnx.merge(graphdef, params, rest, copy=True)
-            logits, _ = m(x, train=True)
-            lse = jax.nn.logsumexp(logits, axis=-1)
-            ce = jnp.mean(lse - jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0])
-            return ce, nnx.state(m, nnx.BatchStat)
-
-        fn = jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=options)
-        (value, stats), grads = fn(params, rest)
-        return value, stats, grads
-
-    v_xla, s_xla, g_xla = run("xla", None)
-    v_cpu, s_cpu, g_cpu = run("cpu", kernels.compiler_options("cpu"))
+    v_xla, s_xla, g_xla, _ = resnet14_train_step("xla", None)
+    v_cpu, s_cpu, g_cpu, _ = resnet14_train_step("cpu", kernels.compiler_options("cpu"))
     np.testing.assert_allclose(v_cpu, v_xla, rtol=1e-5)
     flat_x, flat_c = jax.tree.leaves(g_xla), jax.tree.leaves(g_cpu)
     assert len(flat_x) == len(flat_c) > 20

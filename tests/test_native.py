@@ -15,6 +15,8 @@ import pytest
 
 from lt_jax.models import native
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # for tests.test_kernels
+
 pytestmark = pytest.mark.skipif(
     not native.available(), reason=f"native kernels unavailable: {native.unavailable_reason()}"
 )
@@ -171,29 +173,15 @@ def _run(code, tmp_path, **env):
     return json.loads(res.stdout.strip().splitlines()[-1]), res.stderr
 
 
-MODEL_CHECK = """
-import json
-import jax, jax.numpy as jnp, numpy as np
-from flax import nnx
-from lt_jax.models import ResNetCifar, kernels, native
-
-rng = np.random.default_rng(0)
-x = jnp.asarray(rng.normal(size=(8, 16, 16, 3)).astype(np.float32))
-y = jnp.asarray(rng.integers(0, 5, 8))
+MODEL_CHECK = f"""
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {ROOT!r})
+from lt_jax.models import kernels, native
+from tests.test_kernels import resnet14_train_step
 
 def run(impl):
-    model = ResNetCifar(num_classes=5, depth=14, impl=impl, rngs=nnx.Rngs(3))
-    graphdef, params, rest = nnx.split(model, nnx.Param, nnx.BatchStat)
-    def loss(params, rest):
-        m = nnx.merge(graphdef, params, rest, copy=True)
-        logits, _ = m(x, train=True)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        ce = jnp.mean(lse - jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0])
-        return ce, nnx.state(m, nnx.BatchStat)
-    fn = jax.value_and_grad(loss, has_aux=True)
-    calls = str(jax.make_jaxpr(fn)(params, rest)).count("lt_jax_")
-    (value, stats), grads = jax.jit(fn, compiler_options=kernels.compiler_options())(params, rest)
-    return value, stats, grads, calls
+    return resnet14_train_step(impl, kernels.compiler_options())
 
 v_x, s_x, g_x, calls_x = run("xla")
 v_c, s_c, g_c, calls_c = run("cpu")
