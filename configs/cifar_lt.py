@@ -40,6 +40,8 @@ def get_config(arg=None):
         stage2="auto",
         epochs=200,
         seed=0,
+        split_protocol="release",
+        split_seed=0,
         data_dir="",
         runlocal=False,
     )
@@ -51,6 +53,8 @@ def get_config(arg=None):
     c.dataset.data_dir = a.data_dir
     c.dataset.imb_factor = a.imb
     c.dataset.profile = a.profile
+    c.dataset.split_protocol = a.split_protocol
+    c.dataset.split_seed = a.split_seed
     c.dataset.augment = "crop_flip"
     c.model = "resnet32"
     c.method = a.method

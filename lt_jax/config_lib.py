@@ -69,6 +69,10 @@ def base_config():
             profile="exp",
             n_max=0,  # 0: the dataset's own (400 MNIST, 5000 CIFAR-10, 500 CIFAR-100)
             split_seed=0,
+            # How the LT subset is drawn: release (the LDAM-DRW generator the KPS, FBL and
+            # GCL releases use; CIFAR-LT's default) | per_class (one RNG per class).
+            split_protocol="per_class",
+            allow_constant_images=False,  # refuse blanked/corrupt training images
             augment="crop",  # crop | crop_flip | none (in-memory datasets, on the device)
             lists_dir="",  # local folder with the split lists (streamed datasets)
             sort_classes=False,  # re-index so class 0 is the most frequent
@@ -151,13 +155,15 @@ def scale_epochs(value, total_epochs, reference_epochs=200):
 
 
 # CIFAR-LT recipes of the spec (sections 2-5): batch size, lr decay epochs and factors,
-# mixup. "x0.1 after 160" is the releases' `epoch > 160`, i.e. from epoch 161 on.
+# mixup. Boundaries are 0-based epochs: the releases' adjust_learning_rate does
+# `epoch = epoch + 1` before `elif epoch > 160`, so the first decayed epoch is 0-based 160
+# (its 161st), the same epoch as GCL's `epoch >= 160` and the DRW switch `epoch // 160`.
 CIFAR_RECIPES = {
-    "kps": dict(batch_size=64, lr_boundaries=(161, 181), lr_factors=(0.1, 0.01)),
-    "fbl": dict(batch_size=64, lr_boundaries=(161, 181), lr_factors=(0.01, 0.0001)),
+    "kps": dict(batch_size=64, lr_boundaries=(160, 180), lr_factors=(0.1, 0.01)),
+    "fbl": dict(batch_size=64, lr_boundaries=(160, 180), lr_factors=(0.01, 0.0001)),
     "gcl": dict(batch_size=64, lr_boundaries=(160, 180), lr_factors=(0.1, 0.01), mixup_alpha=1.0),
     # The LDAM-DRW release (and the baselines run with its code): batch 128.
-    "baseline": dict(batch_size=128, lr_boundaries=(161, 181), lr_factors=(0.01, 0.0001)),
+    "baseline": dict(batch_size=128, lr_boundaries=(160, 180), lr_factors=(0.01, 0.0001)),
 }
 
 

@@ -90,11 +90,19 @@ def load_dataset(cfg: ml_collections.ConfigDict):
     else:
         full = sources.load_cifar_archive(cfg.data_dir, name.removesuffix("_lt"))
     if cfg.profile == "none":
-        return full, np.arange(len(full.train_labels))
-    n_max = cfg.n_max or DATASETS[name][0]
-    return sources.make_long_tailed(
-        full, n_max=n_max, imb_factor=cfg.imb_factor, profile=cfg.profile, seed=cfg.split_seed
-    )
+        data, kept = full, np.arange(len(full.train_labels))
+    else:
+        data, kept = sources.make_long_tailed(
+            full,
+            n_max=cfg.n_max or DATASETS[name][0],
+            imb_factor=cfg.imb_factor,
+            profile=cfg.profile,
+            seed=cfg.split_seed,
+            protocol=cfg.get("split_protocol", "per_class"),
+        )
+    if not cfg.get("allow_constant_images", False):
+        sources.check_no_constant_images(data.train_images, kept, where=cfg.data_dir or name)
+    return data, kept
 
 
 def _load_streamed(cfg):
@@ -459,7 +467,27 @@ class StreamedInput:
 
 # Config keys added after runs were first written, with the value that reproduces those runs:
 # an older workdir without the key resumes when the key has this value.
-_ADDED_KEYS = {"kernels": "auto"}
+_ADDED_KEYS = {
+    "kernels": "auto",
+    "dataset.split_protocol": "per_class",
+    "dataset.allow_constant_images": False,
+}
+
+
+def _with_added_keys(old: dict, current: dict) -> dict:
+    """``old`` with every ``_ADDED_KEYS`` entry it lacks (and ``current`` has) filled in."""
+    old = json.loads(json.dumps(old))
+    for dotted, value in _ADDED_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        src, dst = current, old
+        for p in parents:
+            src, dst = src.get(p), dst.get(p)
+            if not isinstance(src, dict) or not isinstance(dst, dict):
+                break
+        else:
+            if leaf in src and leaf not in dst:
+                dst[leaf] = value
+    return old
 
 
 def check_workdir_config(workdir: str, config) -> None:
@@ -469,7 +497,7 @@ def check_workdir_config(workdir: str, config) -> None:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        old = {**{k: v for k, v in _ADDED_KEYS.items() if k in current}, **old}
+        old = _with_added_keys(old, current)
         if old != current:
             diff = sorted(k for k in set(old) | set(current) if old.get(k) != current.get(k))
             raise TrainingError(
@@ -650,6 +678,7 @@ def train_and_evaluate(
             imb_factor=config.dataset.imb_factor,
             profile=config.dataset.profile,
             split_seed=config.dataset.split_seed,
+            split_protocol=config.dataset.get("split_protocol", "per_class"),
             shot_convention=config.shot_convention,
         )
         longtail.write_or_verify_split(workdir, record)

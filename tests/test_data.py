@@ -73,6 +73,87 @@ def test_subsample_identical_across_processes():
     assert out[0] == out[1] and len(json.loads(out[0])) == longtail.exp_profile(10, 50, 10).sum()
 
 
+def _release_replay(targets, imb_factor, seed, cls_num):
+    """The LDAM-DRW generator as its IMBALANCECIFAR10 class runs it, written from its
+    description: the global legacy RNG seeded once, img_max = len / cls_num (a float),
+    imb_factor passed as its reciprocal, one shuffle per class in np.unique order."""
+    np.random.seed(seed)  # noqa: NPY002 (the release uses the global legacy RNG)
+    img_max = len(targets) / cls_num
+    inv = 1 / imb_factor
+    nums = [int(img_max * (inv ** (i / (cls_num - 1.0)))) for i in range(cls_num)]
+    targets_np = np.array(targets, dtype=np.int64)
+    chosen = []
+    for the_class, the_img_num in zip(np.unique(targets_np), nums, strict=True):
+        idx = np.where(targets_np == the_class)[0]
+        np.random.shuffle(idx)  # noqa: NPY002
+        chosen.extend(idx[:the_img_num].tolist())
+    return sorted(chosen)
+
+
+@pytest.mark.parametrize("num_classes,per_class", [(10, 5000), (100, 500)])
+def test_release_split_matches_an_independent_replay(num_classes, per_class):
+    # Interleaved labels like CIFAR's official order (a fixed random permutation).
+    labels = np.random.default_rng(num_classes).permutation(
+        np.repeat(np.arange(num_classes), per_class)
+    )
+    for imb in (100, 50, 10, 200):
+        for seed in (0, 666, 1):
+            want = _release_replay(labels.tolist(), imb, seed, num_classes)
+            got = longtail.release_split(labels, imb_factor=imb, seed=seed)
+            assert got.tolist() == want, (imb, seed)
+    # Published totals: CIFAR-10-LT IF 100 keeps 12,406 images, CIFAR-100-LT IF 100 10,847.
+    total = {10: 12406, 100: 10847}[num_classes]
+    assert len(longtail.release_split(labels, imb_factor=100, seed=0)) == total
+    # A private RandomState: the caller's global RNG is left alone.
+    np.random.seed(123)  # noqa: NPY002
+    longtail.release_split(labels, imb_factor=100, seed=0)
+    after = np.random.random()  # noqa: NPY002
+    np.random.seed(123)  # noqa: NPY002
+    assert np.random.random() == after  # noqa: NPY002
+
+
+def test_release_split_differs_from_per_class_and_is_in_the_record(tmp_path):
+    labels = np.repeat(np.arange(10), 50)
+    counts = longtail.exp_profile(10, 50, 10)
+    rel = longtail.release_split(labels, imb_factor=10, seed=0)
+    per = np.sort(longtail.subsample_indices(labels, counts, seed=0))
+    assert np.bincount(labels[rel]).tolist() == counts.tolist()
+    assert rel.tolist() != per.tolist()
+    data = sources.ArrayDataset(
+        np.zeros((500, 2, 2, 1), np.uint8), labels, labels[:10], labels[:10], tuple("abcdefghij")
+    )
+    lt, kept = sources.make_long_tailed(data, n_max=50, imb_factor=10, protocol="release")
+    assert kept.tolist() == rel.tolist() and lt.train_labels.tolist() == labels[rel].tolist()
+    with pytest.raises(ValueError, match="keeps the release's n_max .*split_protocol='per_class'"):
+        sources.make_long_tailed(data, n_max=40, imb_factor=10, protocol="release")
+    with pytest.raises(ValueError, match="unknown dataset.split_protocol 'nope'; valid: release"):
+        sources.make_long_tailed(data, n_max=50, imb_factor=10, protocol="nope")
+    # An older split.json (no protocol recorded) still verifies as per_class.
+    old = longtail.split_record(per, counts, seed=0)
+    path = longtail.write_or_verify_split(str(tmp_path), old)
+    longtail.write_or_verify_split(str(tmp_path), {**old, "split_protocol": "per_class"})
+    with pytest.raises(ValueError, match="differs in: indices, split_protocol"):
+        longtail.write_or_verify_split(
+            str(tmp_path),
+            {**longtail.split_record(rel, counts, seed=0), "split_protocol": "release"},
+        )
+    assert os.path.exists(path)
+
+
+def test_constant_training_images_are_refused():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 4, 4, 3)).astype(np.uint8)
+    sources.check_no_constant_images(images, np.arange(20), where="x")  # healthy: no error
+    images[[3, 11]] = 0  # blanked
+    images[15] = 128  # one grey value
+    with pytest.raises(ValueError) as e:
+        sources.check_no_constant_images(images, np.arange(100, 120), where="/data/c10")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "3 of the 20 selected training images of /data/c10 are constant" in msg
+    assert "source positions 103, 111, 115)" in msg and "allow_constant_images=True" in msg
+
+
 def test_shot_groups_both_conventions():
     counts = [101, 100, 20, 19]
     assert longtail.shot_groups(counts).tolist() == ["many", "medium", "medium", "few"]

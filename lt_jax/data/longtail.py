@@ -1,10 +1,20 @@
 """Long-tailed subsampling, shot groups, and the split bookkeeping kept in the workdir.
 
 Protocol (spec section 1, the Cao et al. 2019 lineage): class ``i`` keeps
-``n_i = floor(n_max * IF^(-i / (C - 1)))`` examples, class 0 is the head; per class,
-that class's indices are shuffled with a seeded RNG and the first ``n_i`` kept.
-Everything here is NumPy on the host and a pure function of its arguments, so
-every host of a multi-host job computes the same split.
+``n_i = floor(n_max * IF^(-i / (C - 1)))`` examples, class 0 is the head. Which
+examples are kept is one of two named protocols (``SPLIT_PROTOCOLS``):
+
+- ``release``: the LDAM-DRW generator that the KPS, FBL and GCL releases all use:
+  NumPy's legacy global RNG seeded once with the split seed, then for each class in
+  order its indices (in dataset order) shuffled with ``np.random.shuffle`` and the
+  first ``n_i`` kept. One RNG stream across classes, so class c's subset depends on
+  every class before it. The default for CIFAR-LT: the papers' splits exactly.
+- ``per_class``: each class shuffled by its own ``default_rng([seed, c])``, so one
+  class's subset does not depend on the others' counts (lt_jax's original protocol).
+
+Everything here is NumPy on the host and a pure function of its arguments (the
+release protocol uses a private ``RandomState``, never the global one), so every
+host of a multi-host job computes the same split.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 SHOT_CONVENTIONS = ("paper", "oltr")
+SPLIT_PROTOCOLS = ("release", "per_class")
 GROUPS = ("many", "medium", "few")
 
 
@@ -97,6 +108,65 @@ def subsample_indices(labels: np.ndarray, counts: Sequence[int], *, seed: int) -
     return np.concatenate(kept) if kept else np.zeros((0,), np.int64)
 
 
+def release_split(
+    labels: np.ndarray,
+    *,
+    imb_factor: float,
+    seed: int = 0,
+    profile: str = "exp",
+    num_classes: int | None = None,
+) -> np.ndarray:
+    """Sorted positions kept by the LDAM-DRW release's CIFAR-LT generator.
+
+    ``labels`` are the training labels in the dataset's original order. As in the
+    release (``IMBALANCECIFAR10``): ``n_max`` is the per-class count
+    ``len(labels) / C``; class c keeps ``int(n_max * (1/IF) ** (c / (C - 1)))``
+    (``exp``) or, for ``step``, ``n_max`` for the first half and
+    ``int(n_max * (1/IF))`` after; ``RandomState(seed)`` then shuffles each class's
+    indices in class order and the first ``n_c`` are kept. Equal to seeding NumPy's
+    global RNG once with ``np.random.seed(seed)`` as the release does.
+
+    Examples:
+      >>> labels = np.tile(np.arange(3), 4)  # 4 images of each of 3 classes: 4, 2, 1 kept
+      >>> release_split(labels, imb_factor=4, seed=0).tolist()
+      [0, 1, 3, 6, 7, 9, 11]
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}"
+        )
+    if not imb_factor >= 1:
+        raise ValueError(f"imbalance factor must be >= 1 (n_max / n_min), got {imb_factor}")
+    n_max = len(labels) / num_classes  # a float, as in the release
+    ratio = 1.0 / float(imb_factor)  # the release passes imb_factor as 1/IF (0.01 for 100)
+    if profile == "exp":
+        counts = [int(n_max * ratio ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+        if num_classes == 1:
+            counts = [int(n_max)]
+    elif profile == "step":
+        half = num_classes // 2
+        counts = [int(n_max)] * half + [int(n_max * ratio)] * (num_classes - half)
+    else:
+        raise ValueError(f"unknown imbalance profile {profile!r}; valid: exp, step")
+    rng = np.random.RandomState(seed)
+    kept = []
+    for c, n_c in enumerate(counts):
+        idx = np.flatnonzero(labels == c)
+        if n_c > len(idx):
+            raise ValueError(
+                f"the release split asks for {n_c} examples of class {c} but the dataset "
+                f"has only {len(idx)}; is the training set balanced?"
+            )
+        rng.shuffle(idx)
+        kept.append(idx[:n_c])
+    return np.sort(np.concatenate(kept))
+
+
 def shot_groups(class_counts: Sequence[int], *, convention: str = "paper") -> np.ndarray:
     """Shot group of every class: "many", "medium" or "few".
 
@@ -144,8 +214,10 @@ def write_or_verify_split(workdir: str, record: dict, *, name: str = "split.json
                 old = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path} is corrupt ({e}); delete it or use a new workdir") from e
-        if old != record:
-            differs = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+        # A split written before protocols were named was drawn per class.
+        old, new = ({"split_protocol": "per_class", **r} for r in (old, record))
+        if old != new:
+            differs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ValueError(
                 f"{path} holds a different split (differs in: {', '.join(differs)}); "
                 "use a new workdir or the original data settings"

@@ -231,13 +231,74 @@ def load_image_folder(root: str, *, size: tuple[int, int] | None = None) -> Arra
 
 
 def make_long_tailed(
-    data: ArrayDataset, *, n_max: int, imb_factor: float, profile: str = "exp", seed: int = 0
+    data: ArrayDataset,
+    *,
+    n_max: int,
+    imb_factor: float,
+    profile: str = "exp",
+    seed: int = 0,
+    protocol: str = "per_class",
 ) -> tuple[ArrayDataset, np.ndarray]:
-    """Applies an imbalance profile to the training split; returns (dataset, kept indices)."""
-    counts = longtail.profile_counts(profile, data.num_classes, n_max, imb_factor)
-    kept = longtail.subsample_indices(data.train_labels, counts, seed=seed)
+    """Applies an imbalance profile to the training split; returns (dataset, kept indices).
+
+    ``protocol`` names how the kept examples are drawn (``longtail.SPLIT_PROTOCOLS``):
+    ``release`` replays the LDAM-DRW generator (``n_max`` must then be the per-class
+    count, as the release has no other), ``per_class`` seeds each class separately.
+    """
+    if protocol == "release":
+        per_class = len(data.train_labels) / data.num_classes
+        if n_max != per_class:
+            raise ValueError(
+                f"dataset.split_protocol='release' keeps the release's n_max (the per-class "
+                f"count, {per_class:g}), not {n_max}; set dataset.n_max=0 or "
+                "dataset.split_protocol='per_class'"
+            )
+        kept = longtail.release_split(
+            data.train_labels,
+            imb_factor=imb_factor,
+            seed=seed,
+            profile=profile,
+            num_classes=data.num_classes,
+        )
+    elif protocol == "per_class":
+        counts = longtail.profile_counts(profile, data.num_classes, n_max, imb_factor)
+        kept = longtail.subsample_indices(data.train_labels, counts, seed=seed)
+    else:
+        valid = ", ".join(longtail.SPLIT_PROTOCOLS)
+        raise ValueError(f"unknown dataset.split_protocol {protocol!r}; valid: {valid}")
     lt = data._replace(train_images=data.train_images[kept], train_labels=data.train_labels[kept])
     return lt, kept
+
+
+def constant_images(images: np.ndarray) -> np.ndarray:
+    """Positions of images whose pixels all have one value (blanked, truncated or corrupt).
+
+    Examples:
+      >>> x = np.zeros((3, 2, 2, 1), np.uint8); x[1, 0, 0, 0] = 7
+      >>> constant_images(x).tolist()
+      [0, 2]
+    """
+    flat = np.asarray(images).reshape(len(images), -1)
+    if flat.shape[1] == 0:
+        return np.arange(len(flat))
+    return np.flatnonzero((flat == flat[:, :1]).all(axis=1))
+
+
+def check_no_constant_images(images: np.ndarray, kept: np.ndarray, *, where: str) -> None:
+    """Refuses a training set with constant images, naming how many and the first few.
+
+    ``kept`` maps each training image to its position in the source, so the message
+    names positions the user can look up in the original files.
+    """
+    bad = constant_images(images)
+    if bad.size:
+        first = ", ".join(str(int(kept[i])) for i in bad[:5])
+        raise ValueError(
+            f"{bad.size} of the {len(images)} selected training images of {where} are constant "
+            f"(one value everywhere; source positions {first}{', ...' if bad.size > 5 else ''}): "
+            "a blanked, truncated or corrupt copy; replace the data, or set "
+            "dataset.allow_constant_images=True to train on it anyway"
+        )
 
 
 # --- TensorFlow Datasets (for users with internet) ------------------------------------------

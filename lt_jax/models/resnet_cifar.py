@@ -16,7 +16,9 @@ from flax import nnx
 from lt_jax.models import kernels
 from lt_jax.models.heads import HEADS
 
-_KAIMING = nnx.initializers.kaiming_normal()
+# PyTorch's kaiming_normal_ (fan-in, gain sqrt 2) as the releases apply it: a plain normal,
+# not Flax's kaiming_normal (a truncated normal with the same variance).
+_KAIMING = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 def _conv(cin, cout, stride, rngs, dtype=None, impl="xla"):
@@ -94,7 +96,9 @@ class ResNetCifar(nnx.Module):
                 )
                 cin = width
         self.blocks = nnx.List(blocks)
-        self.head = HEADS[head](64, num_classes, rngs=rngs)
+        # The linear head is initialised as the releases' ResNet-32 initialises it.
+        extra = {"init": "release"} if head == "linear" else {}
+        self.head = HEADS[head](64, num_classes, rngs=rngs, **extra)
 
     def features(self, x, train: bool):
         if self.dtype is not None:
