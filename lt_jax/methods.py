@@ -6,6 +6,9 @@
 * ``loss(logits, features, labels, key, step) -> [B]``: per-example loss, with any
   epoch-dependent part (DRW switch, KPS logit-scale GA, FBL curriculum) a
   function of the traced step, so one compiled train step serves the whole run;
+* ``reduce(per_example, labels, step) -> scalar``: the batch loss (the mean; for the
+  class-weighted losses PyTorch's weighted mean, ``sum(w_y l) / sum(w_y)``, as the
+  releases' ``F.cross_entropy(..., weight=w)`` computes it);
 * ``predict(logits) -> scores`` for evaluation (post-hoc logit adjustment);
 * ``ga_start_step``: start of the optax gradient adjustment (``None``: off);
 * ``prob_scale``: cosine heads' logit scale, so that calibration is measured on
@@ -23,10 +26,16 @@ import numpy as np
 from lt_jax import losses, optim
 
 
+def _mean(per_example, labels, step):
+    del labels, step
+    return jnp.mean(per_example)
+
+
 class Method(NamedTuple):
     head: str
     loss: Callable
     predict: Callable = lambda logits: logits
+    reduce: Callable = _mean
     ga_start_step: int | None = None
     prob_scale: float = 1.0  # softmax(prob_scale * scores) are the probabilities (ECE)
 
@@ -63,6 +72,10 @@ def _ldam_drw(cfg, counts, spe):
         lambda z, f, y, key, step: losses.ldam_loss(
             z, y, class_counts=counts, max_m=cfg.max_m, s=cfg.s, class_weights=weights(step)
         ),
+        # The release's F.cross_entropy(s * z, y, weight=w): divided by the batch's sum of
+        # w_y, not by B (in the DRW phase sum(w_y) / B averages about 0.17 on CIFAR-10-LT
+        # IF 100, so a plain mean would cut the re-weighted gradient about six-fold).
+        reduce=lambda per_example, y, step: losses.weighted_mean(per_example, y, weights(step)),
         prob_scale=cfg.s,
     )
 

@@ -255,9 +255,10 @@ def _batch_loss_fn(method, y, mixed, k_loss, k_loss_b, step):
 
     def batch_loss(logits, feats):
         if mixed is None:
-            return jnp.mean(method.loss(logits, feats, y, k_loss, step))
-        la = jnp.mean(method.loss(logits, feats, mixed.labels_a, k_loss, step))
-        lb = jnp.mean(method.loss(logits, feats, mixed.labels_b, k_loss_b, step))
+            return method.reduce(method.loss(logits, feats, y, k_loss, step), y, step)
+        ya, yb = mixed.labels_a, mixed.labels_b
+        la = method.reduce(method.loss(logits, feats, ya, k_loss, step), ya, step)
+        lb = method.reduce(method.loss(logits, feats, yb, k_loss_b, step), yb, step)
         return mixed.lam * la + (1.0 - mixed.lam) * lb
 
     return batch_loss

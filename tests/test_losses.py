@@ -454,3 +454,39 @@ def test_get_loss():
     assert losses.get_loss("fbl") is losses.fbl_loss
     with pytest.raises(ValueError, match="valid names: .*balanced_softmax.*gcl.*kps"):
         losses.get_loss("kpss")
+
+
+def test_ldam_drw_batch_loss_is_pytorchs_weighted_mean():
+    """In the DRW phase the batch loss is sum(w_y l) / sum(w_y), as the release's
+    F.cross_entropy(s * z, y, weight=w) reduces; before it, the plain mean."""
+    from lt_jax import methods
+
+    counts = CIFAR10_IF100
+    cfg = type("Cfg", (), dict(max_m=0.5, s=30.0, beta=0.9999, drw_epoch=2))
+    method = methods.get_method("ldam_drw", cfg, counts, steps_per_epoch=10)
+    rng = np.random.default_rng(3)
+    cos = rng.uniform(-1, 1, (32, 10)).astype(np.float32)
+    y = rng.integers(0, 10, 32).astype(np.int32)
+    w = ref.cb_weights(counts, 0.9999)
+    unweighted = ref.ldam(cos, y, counts)  # [B] per-example, float64
+    for step, want in [
+        (19, unweighted.mean()),  # epoch 1: before DRW
+        (20, np.sum(w[y] * unweighted) / np.sum(w[y])),  # epoch 2: DRW on
+    ]:
+        got = method.reduce(method.loss(cos, None, y, None, step), y, step)
+        np.testing.assert_allclose(float(got), want, rtol=2e-5)
+    # The weighted mean is not the plain mean of the weighted losses (the old reduction).
+    assert abs(np.sum(w[y] * unweighted) / np.sum(w[y]) - np.mean(w[y] * unweighted)) > 0.1
+
+
+def test_weighted_mean_against_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(16, 10)).astype(np.float32)
+    y = rng.integers(0, 10, 16)
+    w = ref.cb_weights(CIFAR10_IF100, 0.9999).astype(np.float32)
+    want = torch.nn.functional.cross_entropy(
+        torch.from_numpy(z), torch.from_numpy(y), weight=torch.from_numpy(w)
+    )
+    per_example = losses.softmax_cross_entropy(z, y, class_weights=w)
+    np.testing.assert_allclose(float(losses.weighted_mean(per_example, y, w)), want.item(), 1e-5)

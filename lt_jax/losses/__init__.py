@@ -17,6 +17,7 @@ from lt_jax.losses.baselines import (
     logit_adjust,
     logit_adjusted_loss,
     softmax_cross_entropy,
+    weighted_mean,
 )
 from lt_jax.losses.fbl import fbl_curriculum, fbl_loss, fbl_stimulus_weights
 from lt_jax.losses.gcl import gcl_cloud_sizes, gcl_loss
@@ -78,4 +79,5 @@ __all__ = [
     "logit_adjusted_loss",
     "loss_names",
     "softmax_cross_entropy",
+    "weighted_mean",
 ]

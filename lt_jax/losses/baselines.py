@@ -31,7 +31,7 @@ def softmax_cross_entropy(
       labels: [B] integer labels.
       class_weights: optional [C] weights ``w``; the loss of example i is scaled
         by ``w[y_i]``. (PyTorch's weighted mean divides by the sum of the weights
-        in the batch; lt_jax returns per-example values and the caller reduces.)
+        in the batch: reduce with :func:`weighted_mean` for that.)
 
     Returns:
       [B] per-example losses.
@@ -51,6 +51,26 @@ def softmax_cross_entropy(
         return c.weighted(c.ce_single(z, y), y, weights)
 
     return jax.vmap(single)(logits, labels)
+
+
+def weighted_mean(per_example: ArrayLike, labels: ArrayLike, class_weights: ArrayLike) -> Array:
+    r"""PyTorch's weighted mean of already weighted per-example losses.
+
+    .. math:: L = \frac{\sum_i w_{y_i} \ell_i}{\sum_i w_{y_i}}
+
+    ``per_example`` holds :math:`w_{y_i} \ell_i` (what the class-weighted losses here
+    return); this is the reduction of ``F.cross_entropy(z, y, weight=w)``, which the
+    LDAM-DRW and CE-DRW releases use. Focal losses average over the batch instead
+    (their releases take ``reduction='none'`` and then ``.mean()``).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> w = jnp.array([1.0, 3.0])
+      >>> print(weighted_mean(jnp.array([2.0, 3.0, 6.0]), jnp.array([0, 0, 1]), w))
+      2.2
+    """
+    w = jnp.asarray(class_weights)[jnp.asarray(labels)]
+    return jnp.sum(jnp.asarray(per_example)) / jnp.sum(w)
 
 
 def _focal_modulation(log_p: Array, gamma: float) -> Array:
