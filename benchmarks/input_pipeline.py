@@ -34,7 +34,8 @@ def on_device(root, batch, batches):
         return augment.normalize(x, augment.CIFAR_MEAN, augment.CIFAR_STD)
 
     order = samplers.epoch_indices("instance", data.train_labels, seed=0, epoch=0)
-    it = source.train(order, epoch=0, start_batch=0, batch_size=batch, seed=0)
+    sizes = samplers.epoch_batches(len(order), batch, drop_last=True)
+    it = source.train(order, epoch=0, start_batch=0, sizes=sizes, seed=0)
     images, _, idx = next(it)
     jax.block_until_ready(prepare(images, idx, jax.random.key(0)))
     start = time.perf_counter()

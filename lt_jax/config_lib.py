@@ -85,6 +85,9 @@ def base_config():
     c.sampler = "instance"
     c.batch_size = 64
     c.eval_batch_size = 500
+    # Keep each epoch's last partial batch, as the releases' DataLoader(drop_last=False)
+    # does (in-memory datasets; streamed ones always drop it).
+    c.drop_last = False
     c.epochs = 200
     c.lr = 0.1
     c.momentum = 0.9

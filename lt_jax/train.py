@@ -414,11 +414,11 @@ class InMemoryInput:
         self.labels = jax.device_put(data.train_labels, rep)
         self.augment = None  # the config's on-device augmentation applies
 
-    def train(self, order, *, epoch, start_batch, batch_size, seed):
+    def train(self, order, *, epoch, start_batch, sizes, seed):
         del epoch, seed
-        rows = streaming.host_rows(batch_size)
-        for b in range(start_batch, len(order) // batch_size):
-            idx = order[b * batch_size : (b + 1) * batch_size][rows]
+        ends = np.cumsum(sizes)
+        for b in range(start_batch, len(sizes)):
+            idx = order[ends[b] - sizes[b] : ends[b]][streaming.host_rows(sizes[b])]
             yield self.images["train"], self.labels, shard_batch(self.mesh, idx)
 
     def infer(self, split, batch_size):
@@ -435,12 +435,13 @@ class StreamedInput:
         self.data, self.mesh, self.size, self.resize = data, mesh, size, resize
         self.augment = "none"  # crops and flips already happened on the host
 
-    def train(self, order, *, epoch, start_batch, batch_size, seed):
+    def train(self, order, *, epoch, start_batch, sizes, seed):
+        # Streamed epochs are whole batches (epoch_batches(drop_last=True), see _epoch_batches).
         batches = streaming.train_batches(
             self.data.train_files,
             self.data.train_labels,
             order,
-            batch_size=batch_size,
+            batch_size=sizes[0],
             epoch=epoch,
             seed=seed,
             size=self.size,
@@ -470,6 +471,7 @@ class StreamedInput:
 # an older workdir without the key resumes when the key has this value.
 _ADDED_KEYS = {
     "kernels": "auto",
+    "drop_last": True,
     "dataset.split_protocol": "per_class",
     "dataset.allow_constant_images": False,
 }
@@ -553,11 +555,22 @@ class Stage(NamedTuple):
     prob_scale: float
 
 
+def _epoch_batches(config, num_examples: int, batch_size: int) -> list[int]:
+    """Batch sizes of one epoch: the last partial batch kept unless ``config.drop_last``
+    (streamed datasets always drop it)."""
+    drop = config.dataset.name in STREAMED or config.get("drop_last", True)
+    return samplers.epoch_batches(
+        num_examples, batch_size, drop_last=drop, multiple=jax.device_count()
+    )
+
+
 def run_stage(stage: Stage, ctx: dict) -> tuple[Any, dict]:
     """Epoch loop with sampling, logging, checkpoints, resume, SIGTERM and evaluation."""
     config, data, mesh, writer = ctx["config"], ctx["data"], ctx["mesh"], ctx["writer"]
     replicated = NamedSharding(mesh, P())
-    steps_per_epoch = len(data.train_labels) // stage.batch_size
+    sizes = _epoch_batches(config, len(data.train_labels), stage.batch_size)
+    steps_per_epoch = len(sizes)
+    per_step = sum(sizes) / steps_per_epoch  # images per step, for the logged rate
     total_steps = steps_per_epoch * stage.epochs
     ckpt = checkpoint.Checkpointer(os.path.join(ctx["workdir"], "checkpoints", stage.name))
     state = jax.device_put(stage.state, replicated)
@@ -586,15 +599,15 @@ def run_stage(stage: Stage, ctx: dict) -> tuple[Any, dict]:
             total_epochs=stage.epochs,
         )
         batches = ctx["input"].train(
-            order, epoch=epoch, start_batch=offset, batch_size=stage.batch_size, seed=config.seed
+            order, epoch=epoch, start_batch=offset, sizes=sizes, seed=config.seed
         )
         for images, labels, idx in batches:
             state, m = stage.step(state, images, labels, idx, key)
             step += 1
             if step % config.log_every_steps == 0 or step == total_steps:
                 loss = _checked_loss(m, step, epoch, ckpt)
-                rate = (step - start_step) * stage.batch_size / (time.time() - start_time)
-                eta = (total_steps - step) * stage.batch_size / max(rate, 1e-9)
+                rate = (step - start_step) * per_step / (time.time() - start_time)
+                eta = (total_steps - step) * per_step / max(rate, 1e-9)
                 log.info(
                     "%s epoch %d step %d/%d loss %.4f lr %.5f %.0f img/s ETA %.0fs",
                     *(stage.name, epoch, step, total_steps, loss, float(m["lr"]), rate, eta),
@@ -713,7 +726,7 @@ def train_and_evaluate(
     }
 
     # Stage 1: the whole network.
-    spe = len(data.train_labels) // config.batch_size
+    spe = len(_epoch_batches(config, len(data.train_labels), config.batch_size))
     method = methods.get_method(config.method, config.loss, counts, spe)
     stage2_method = _check_stage2(config, method.head, counts)  # before hours of stage 1
     kernels = _kernels(config)  # fails fast on an unknown name
@@ -785,7 +798,7 @@ def _check_stage2(config, head_kind, counts) -> methods.Method | None:
         raise ValueError(f"unknown stage2.mode {s2.mode!r}; valid: {', '.join(STAGE2_MODES)}")
     if s2.mode in ("none", "tau_norm"):
         return None
-    spe = int(np.sum(counts)) // s2.batch_size  # = len(train_labels) // batch
+    spe = len(_epoch_batches(config, int(np.sum(counts)), s2.batch_size))
     method = methods.get_method(s2.method, s2.loss, counts, spe)
     if method.head != head_kind:
         raise ValueError(
@@ -800,7 +813,7 @@ def _run_stage2(
     s2, method, stage1_state, head_kind, graphdef, head_graphdef, ctx, infer, mean, std
 ):
     config, data = ctx["config"], ctx["data"]
-    spe = len(data.train_labels) // s2.batch_size
+    spe = len(_epoch_batches(config, len(data.train_labels), s2.batch_size))
     frozen = {"params": stage1_state["params"], "batch_stats": stage1_state["batch_stats"]}
     if s2.mode == "lws":
         trainable = jnp.ones((data.num_classes,), jnp.float32)

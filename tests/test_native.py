@@ -228,6 +228,32 @@ def test_native_kernels_can_be_switched_off(tmp_path):
     assert out["why"] == "disabled by LT_JAX_NATIVE=0" and out["calls_cpu"] == 0
 
 
+AUTO_CHECK = """
+import json
+from lt_jax.models import native
+print(json.dumps(dict(ok=native.available(), why=native.unavailable_reason())))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU flags from Linux")
+def test_by_default_the_kernels_are_on_only_where_they_beat_xla(tmp_path):
+    """Unset LT_JAX_NATIVE: on an x86 CPU without AVX-512 they are off (with the reason),
+    elsewhere on; LT_JAX_NATIVE=1 forces them on anyway."""
+    env = {k: v for k, v in os.environ.items() if k != "LT_JAX_NATIVE"}
+    res = subprocess.run(
+        [sys.executable, "-c", AUTO_CHECK], env=env, capture_output=True, text=True, timeout=600
+    )
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    with open("/proc/cpuinfo") as f:
+        flags = next(line for line in f if line.startswith("flags")).split()
+    if "avx512f" in flags:
+        assert out["ok"] and out["why"] is None, out
+    else:
+        assert not out["ok"] and "no AVX-512" in out["why"], out
+        forced, _ = _run(AUTO_CHECK, tmp_path, LT_JAX_NATIVE="1")
+        assert forced["ok"], forced
+
+
 CACHE_LISTING = """
 import json, os
 from lt_jax.models import native

@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lt_jax import checkpoint, methods, metrics, train
+from lt_jax.data import samplers
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -110,7 +111,12 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     config = tiny("gcl", mixup_alpha=1.0)
     full = train.train_and_evaluate(config, str(tmp_path / "a"))
 
-    # Preempt mid-epoch 1 (step 20 of 30): the SIGTERM path saves and stops.
+    # Each epoch keeps its last partial batch: 15 batches of 64 and one of the rest.
+    data, _ = train.load_dataset(config.dataset)
+    sizes = samplers.epoch_batches(len(data.train_labels), 64, multiple=jax.device_count())
+    assert len(sizes) == 16 and sizes[:15] == [64] * 15 and 0 < sizes[-1] < 64
+    # Preempt mid-epoch 1 (step 20 of 32): the SIGTERM path saves and stops; the resumed
+    # run goes through epoch 1's partial batch.
     calls = {"n": 0}
 
     def fake_sigterm():
@@ -127,7 +133,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     resumed = train.train_and_evaluate(config, str(tmp_path / "b"))
 
     a, b = _final_params(str(tmp_path / "a"), config), _final_params(str(tmp_path / "b"), config)
-    assert int(a["step"]) == int(b["step"]) == 30
+    assert int(a["step"]) == int(b["step"]) == 32
     jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
     jax.tree.map(np.testing.assert_array_equal, a["batch_stats"], b["batch_stats"])
     assert full["final"]["per_class_accuracy"] == resumed["final"]["per_class_accuracy"]

@@ -122,6 +122,29 @@ def class_probs(
     raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
 
 
+def epoch_batches(
+    num_examples: int, batch_size: int, *, drop_last: bool = False, multiple: int = 1
+) -> list[int]:
+    """The sizes of one epoch's batches: full ones, then the last partial batch.
+
+    ``drop_last=False`` keeps the remainder as a last, smaller batch, as PyTorch's
+    ``DataLoader(drop_last=False)`` in the releases does (CIFAR-10-LT IF 100 at batch
+    128: 96 batches of 128 and one of 118). Its size is rounded down to a
+    ``multiple`` of the device count so it shards evenly (nothing is lost on one device).
+
+    Examples:
+      >>> epoch_batches(12406, 128)[-2:], len(epoch_batches(12406, 128))
+      ([128, 118], 97)
+      >>> len(epoch_batches(12406, 128, drop_last=True)), epoch_batches(10, 4, multiple=4)
+      (96, [4, 4])
+    """
+    if batch_size < 1 or num_examples < batch_size:
+        raise ValueError(f"batch size {batch_size} must be in [1, {num_examples}] (the examples)")
+    full, rest = divmod(num_examples, batch_size)
+    rest = 0 if drop_last else rest - rest % multiple
+    return [batch_size] * full + ([rest] if rest else [])
+
+
 def epoch_indices(
     name: str,
     labels: np.ndarray,
