@@ -29,6 +29,170 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "cifar10_jpeg")
 
 
+# --- the releases' recipe, written independently in PyTorch (for benchmarks/lockstep.py) -------
+#
+# Written from what the official releases do (kaidic/LDAM-DRW, Keke921/KPSLoss, juyongjiang/FBL,
+# Keke921/GCLLoss at the commits named in the README), not from lt_jax: the ResNet-32 with
+# option-A shortcuts, NormedLinear, kaiming_normal_ init, SGD(momentum, weight_decay) on every
+# parameter, adjust_learning_rate's per-epoch schedule and the five losses below, each reduced as
+# the release reduces it. Classes are sorted head first (CIFAR-LT), as the releases assume.
+
+
+def release_resnet32(num_classes: int, head: str = "linear"):
+    """The releases' ResNet-32 (models/resnet_cifar.py); ``forward`` returns (scores, feature).
+
+    Module names follow lt_jax's parameter tree (stem, stem_bn, blocks.i.conv1, ..., head) so
+    that weights can be copied across; the computation is the release's.
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class NormedLinear(nn.Module):  # weight (in, out); cosine of feature and column
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.weight = nn.Parameter(torch.empty(cin, cout).uniform_(-1, 1))
+            self.weight.data.renorm_(2, 1, 1e-5).mul_(1e5)
+
+        def forward(self, x):
+            return F.normalize(x, dim=1).mm(F.normalize(self.weight, dim=0))
+
+    class Block(nn.Module):
+        def __init__(self, cin, planes, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.option_a = stride != 1 or cin != planes
+            self.planes = planes
+
+        def forward(self, x):
+            out = F.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            if self.option_a:  # LambdaLayer: subsample, planes // 4 zero channels each side
+                q = self.planes // 4
+                x = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, q, q), "constant", 0)
+            return F.relu(out + x)
+
+    class ResNet32(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.stem_bn = nn.BatchNorm2d(16)
+            blocks, cin = [], 16
+            for planes, stride in ((16, 1), (32, 2), (64, 2)):
+                for i in range(5):
+                    blocks.append(Block(cin, planes, stride if i == 0 else 1))
+                    cin = planes
+            self.blocks = nn.Sequential(*blocks)
+            linear = NormedLinear if head == "cosine" else nn.Linear
+            self.head = linear(64, num_classes)
+            for m in self.modules():  # _weights_init
+                if isinstance(m, nn.Linear | nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight)
+
+        def forward(self, x):
+            out = self.blocks(F.relu(self.stem_bn(self.stem(x))))
+            feature = F.avg_pool2d(out, out.size()[3]).view(out.size(0), -1)
+            return self.head(feature), feature
+
+    return ResNet32()
+
+
+def release_lr(epoch: int, *, base: float = 0.1, factors=(0.01, 0.0001)) -> float:
+    """adjust_learning_rate of the releases for 0-based ``epoch`` of a 200-epoch run:
+    ``epoch + 1 <= 5`` linear warm-up, ``> 180`` base * factors[1], ``> 160`` base * factors[0]
+    (LDAM-DRW, FBL: 0.01 / 0.0001; KPS, GCL: 0.1 / 0.01)."""
+    epoch = epoch + 1
+    if epoch <= 5:
+        return base * epoch / 5
+    if epoch > 180:
+        return base * factors[1]
+    if epoch > 160:
+        return base * factors[0]
+    return base
+
+
+def _onehot_bool(target, num_classes):
+    import torch
+
+    index = torch.zeros(target.shape[0], num_classes, dtype=torch.bool)
+    return index.scatter_(1, target.view(-1, 1), True)
+
+
+def release_class_weights(cls_num_list, beta: float = 0.9999):
+    """The DRW / CB weights of the releases: (1 - beta) / (1 - beta^n), normalised to sum C."""
+    effective_num = 1.0 - np.power(beta, cls_num_list)
+    w = (1.0 - beta) / np.array(effective_num)
+    return w / np.sum(w) * len(cls_num_list)
+
+
+def release_loss(method: str, cls_num_list, *, epoch: int, epochs: int = 200):
+    """The release's criterion for ``method`` at 0-based ``epoch``, as a function
+    ``(scores, feature, target, noise) -> scalar`` (``noise``: GCL's N(0, 1/3) draw)."""
+    import torch
+    from torch.nn import functional as F
+
+    n = torch.tensor(np.asarray(cls_num_list, np.float64), dtype=torch.float32)
+    num_classes = len(cls_num_list)
+    if method == "ce":
+        return lambda z, f, y, noise: F.cross_entropy(z, y)
+    if method == "ldam_drw":  # LDAMLoss(max_m=0.5, s=30), weight from epoch // 160
+        m_list = 1.0 / torch.sqrt(torch.sqrt(n))
+        m_list = m_list * (0.5 / torch.max(m_list))
+        weights = [None, torch.tensor(release_class_weights(cls_num_list), dtype=torch.float32)]
+        weight = weights[min(epoch // 160, 1)]
+
+        def ldam(x, f, y, noise):
+            index = _onehot_bool(y, num_classes)
+            output = torch.where(index, x - m_list[y].view(-1, 1), x)
+            w = None if weight is None else weight.to(output.dtype)
+            return F.cross_entropy(30.0 * output, y, weight=w)
+
+        return ldam
+    if method == "kps_ga":  # KPSLoss(max_m=0.2, s=15), weighted (GA) from epoch 120
+        s_list = torch.log(n * (50 / n.min()))
+        s_list = s_list * (1 / s_list.min())
+        m_list = torch.flip(s_list, dims=[0])
+        m_list = m_list * (0.2 / m_list.max())
+        weighted = epoch >= 120
+
+        def kps(x, f, y, noise):
+            cosine = x * s_list
+            output = torch.where(_onehot_bool(y, num_classes), cosine - m_list, cosine)
+            if weighted:
+                batch_s = torch.clamp(torch.flip(s_list, dims=[0]) * 15.0, 15.0, 50.0)[y]
+                output = output * batch_s.view(-1, 1)
+            else:
+                output = output * 15.0
+            return F.cross_entropy(output, y)
+
+        return kps
+    if method == "fbl":  # FeaBalLoss(lambda_=60), curr = (epoch / (epochs - 10)) ** 2
+        lam_list = torch.log(n)
+        lam_list = lam_list.max() - lam_list
+        lam_list = lam_list * (1 / lam_list.max())
+        curr = (epoch / (epochs - 10)) ** 2
+
+        def fbl(out, feat, y, noise):
+            feat_norm = torch.norm(feat, dim=1).unsqueeze(1).repeat([1, num_classes])
+            return F.cross_entropy(out - curr * 60.0 * lam_list / (feat_norm + 1e-12), y)
+
+        return fbl
+    if method == "gcl":  # GCLLoss(m=0, s=30, noise_mul=0.5), stage 1
+        m_list = torch.log(n)
+        m_list = m_list.max() - m_list
+
+        def gcl(cosine, f, y, noise):
+            cosine = cosine - 0.5 * noise.abs() / m_list.max() * m_list
+            output = torch.where(_onehot_bool(y, num_classes), cosine - 0.0, cosine)
+            return F.cross_entropy(30.0 * output, y)
+
+        return gcl
+    raise ValueError(f"no release criterion for {method!r}; valid: ce, ldam_drw, kps_ga, fbl, gcl")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)

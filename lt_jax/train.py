@@ -264,10 +264,14 @@ def _batch_loss_fn(method, y, mixed, k_loss, k_loss_b, step):
     return batch_loss
 
 
+def step_keys(base_key, step):
+    """The keys of one train step: (augmentation, mixing, loss, loss of the mixed-in target)."""
+    return jax.random.split(jax.random.fold_in(base_key, step), 4)
+
+
 def _prepare_batch(images, labels, idx, key, step, augment_mode, mix, mean, std):
     """Gathers, augments and (with ``mix = (kind, alpha)``, alpha > 0) mixes a batch."""
-    key = jax.random.fold_in(key, step)
-    k_aug, k_mix, k_loss, k_loss_b = jax.random.split(key, 4)
+    k_aug, k_mix, k_loss, k_loss_b = step_keys(key, step)
     # idx None: images/labels are already this step's batch (streamed, host-augmented).
     x = _augment(images if idx is None else images[idx], k_aug, augment_mode, mean, std)
     y = labels if idx is None else labels[idx]

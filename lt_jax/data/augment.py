@@ -22,22 +22,36 @@ def normalize(images, mean, std):
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def _crop_flip_one(key, image, pad, flip):
-    h, w, _ = image.shape
-    k_y, k_x, k_flip = jax.random.split(key, 3)
+def crop_flip_draws(key, batch_size: int, *, pad: int = 4):
+    """The random draws of :func:`random_crop_flip`: per image the crop offsets
+    ``dy, dx`` in ``[0, 2 * pad]`` and whether it is flipped; three [B] arrays.
+
+    Exposed so that another implementation (the PyTorch lockstep reference in
+    ``benchmarks/``) can apply exactly the augmentation this key gives.
+    """
+
+    def one(k):
+        k_y, k_x, k_flip = jax.random.split(k, 3)
+        dy = jax.random.randint(k_y, (), 0, 2 * pad + 1)
+        dx = jax.random.randint(k_x, (), 0, 2 * pad + 1)
+        return dy, dx, jax.random.bernoulli(k_flip)
+
+    return jax.vmap(one)(jax.random.split(key, batch_size))
+
+
+def _crop_flip_one(image, dy, dx, flipped, pad, flip):
     padded = jnp.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-    dy = jax.random.randint(k_y, (), 0, 2 * pad + 1)
-    dx = jax.random.randint(k_x, (), 0, 2 * pad + 1)
     crop = jax.lax.dynamic_slice(padded, (dy, dx, 0), image.shape)
     if not flip:
         return crop
-    return jnp.where(jax.random.bernoulli(k_flip), crop[:, ::-1, :], crop)
+    return jnp.where(flipped, crop[:, ::-1, :], crop)
 
 
 def random_crop_flip(key, images, *, pad: int = 4, flip: bool = True):
     """Zero-pad by ``pad``, random crop back to H x W, random horizontal flip; [B, H, W, C]."""
-    keys = jax.random.split(key, images.shape[0])
-    return jax.vmap(_crop_flip_one, in_axes=(0, 0, None, None))(keys, images, pad, flip)
+    dy, dx, flipped = crop_flip_draws(key, images.shape[0], pad=pad)
+    one = jax.vmap(_crop_flip_one, in_axes=(0, 0, 0, 0, None, None))
+    return one(images, dy, dx, flipped, pad, flip)
 
 
 class Mixed(NamedTuple):
@@ -52,11 +66,16 @@ def mixup(key, images, labels, *, alpha: float) -> Mixed:
 
     The loss is ``lam * L(labels_a) + (1 - lam) * L(labels_b)``.
     """
-    k_lam, k_perm = jax.random.split(key)
-    lam = jax.random.beta(k_lam, alpha, alpha)
-    perm = jax.random.permutation(k_perm, images.shape[0])
+    lam, perm = mixup_draws(key, images.shape[0], alpha=alpha)
     mixed = lam * images + (1.0 - lam) * images[perm]
     return Mixed(mixed, labels, labels[perm], lam)
+
+
+def mixup_draws(key, batch_size: int, *, alpha: float):
+    """The random draws of :func:`mixup`: ``lam ~ Beta(alpha, alpha)`` and the partner
+    permutation (image i is mixed with image ``perm[i]``)."""
+    k_lam, k_perm = jax.random.split(key)
+    return jax.random.beta(k_lam, alpha, alpha), jax.random.permutation(k_perm, batch_size)
 
 
 def cutmix(key, images, labels, *, alpha: float) -> Mixed:

@@ -39,8 +39,19 @@ def cloud_noise(key: Array, shape, *, sigma: float = 1.0 / 3.0) -> Array:
     return jnp.abs(jnp.clip(sigma * jax.random.normal(key, shape, jnp.float32), -1.0, 1.0))
 
 
-def _gcl_single(cos, y, key, clouds, s, m, noise_mul, sigma, focal_gamma):
-    noise = cloud_noise(key, cos.shape, sigma=sigma).astype(cos.dtype)
+def gcl_noise(key: ArrayLike, shape, *, sigma: float = 1.0 / 3.0) -> Array:
+    """The [B, C] one-sided noise |e| that :func:`gcl_loss` draws from ``key``.
+
+    Example i uses ``jax.random.split(key, B)[i]``. Exposed so that a reference
+    implementation can be fed exactly the noise of a step.
+    """
+    batch, num_classes = shape
+    keys = jax.random.split(key, batch)
+    return jax.vmap(lambda k: cloud_noise(k, (num_classes,), sigma=sigma))(keys)
+
+
+def _gcl_single(cos, y, noise, clouds, s, m, noise_mul, focal_gamma):
+    noise = noise.astype(cos.dtype)
     margin = m * jax.nn.one_hot(y, cos.shape[0], dtype=cos.dtype)
     loss = c.ce_single(s * (cos - noise_mul * noise * clouds - margin), y)
     if focal_gamma:
@@ -103,14 +114,8 @@ def gcl_loss(
         raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
     clouds = jnp.asarray(gcl_cloud_sizes(class_counts))
     cosines = jnp.asarray(cosines, c.compute_dtype(cosines))
-    keys = jax.random.split(key, cosines.shape[0])
+    noise = gcl_noise(key, cosines.shape, sigma=sigma)
     single = functools.partial(
-        _gcl_single,
-        clouds=clouds,
-        s=s,
-        m=m,
-        noise_mul=noise_mul,
-        sigma=sigma,
-        focal_gamma=focal_gamma,
+        _gcl_single, clouds=clouds, s=s, m=m, noise_mul=noise_mul, focal_gamma=focal_gamma
     )
-    return jax.vmap(single)(cosines, labels, keys)
+    return jax.vmap(single)(cosines, labels, noise)

@@ -195,13 +195,33 @@ batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 class BatchNorm(nnx.BatchNorm):
     """``nnx.BatchNorm`` (same variables and running averages) that trains with
-    :func:`batch_norm_train` when ``impl == "cpu"`` and the input is float32."""
+    :func:`batch_norm_train` when ``impl == "cpu"`` and the input is float32.
 
-    def __init__(self, *args, impl: str = "xla", **kwargs):
+    ``unbiased_running_var=True`` keeps PyTorch's running variance: the batch variance
+    enters the running average with Bessel's correction n / (n - 1) (n = the values per
+    channel), while the batch itself is normalised with the biased variance, as in both.
+    """
+
+    def __init__(self, *args, impl: str = "xla", unbiased_running_var: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.impl = impl
+        self.unbiased_running_var = unbiased_running_var
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        old_var = self.var[...]
+        y = self._call(x, use_running_average, mask=mask)
+        training = not (
+            self.use_running_average if use_running_average is None else use_running_average
+        )
+        if self.unbiased_running_var and training and mask is None:
+            n = x.size // x.shape[-1]
+            m = self.momentum
+            # The running update added (1 - m) * var_biased; add its Bessel share too.
+            added = self.var[...] - m * old_var
+            self.var[...] = jax.lax.stop_gradient(self.var[...] + added / max(n - 1, 1))
+        return y
+
+    def _call(self, x, use_running_average, *, mask):
         plain = (
             self.impl != "cpu"
             or use_running_average

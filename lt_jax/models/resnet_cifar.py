@@ -37,8 +37,17 @@ def _conv(cin, cout, stride, rngs, dtype=None, impl="xla"):
 
 
 def _bn(c, rngs, dtype=None, impl="xla"):
-    # momentum 0.9 = PyTorch's BatchNorm momentum 0.1. Statistics stay float32.
-    return kernels.BatchNorm(c, momentum=0.9, epsilon=1e-5, dtype=dtype, impl=impl, rngs=rngs)
+    # momentum 0.9 = PyTorch's BatchNorm momentum 0.1, and its unbiased running variance, as
+    # the releases' ResNet-32 trains. Statistics stay float32.
+    return kernels.BatchNorm(
+        c,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        impl=impl,
+        unbiased_running_var=True,
+        rngs=rngs,
+    )
 
 
 class BasicBlock(nnx.Module):

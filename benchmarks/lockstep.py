@@ -1,0 +1,474 @@
+"""Lockstep parity: lt_jax's train step against the releases' recipe written in PyTorch.
+
+Usage: python benchmarks/lockstep.py [--methods ce,ldam_drw,kps_ga,fbl,gcl] [--steps 12]
+           [--data-dir ../shared/data/cifar-10-batches-py] [--out results/lockstep]
+       (needs PyTorch: pip install -e '.[bench]')
+
+For each method and each phase of its 200-epoch CIFAR-10-LT (IF 100) recipe (warm-up, and the
+epoch where the release switches DRW, GA, the FBL curriculum or the learning rate), both sides
+start from **the same weights** (lt_jax's initialisation copied into the PyTorch ResNet-32) at
+the phase's first step and see **the same batches and random draws**: lt_jax's epoch order and
+batch sizes (the last partial batch kept, as the releases' DataLoader), its crop offsets and
+flips (``augment.crop_flip_draws``), mixup lambda and partner permutation
+(``augment.mixup_draws``) and GCL noise (``losses.gcl.gcl_noise``), applied on the PyTorch side
+by its own code. The PyTorch side is ``benchmarks/torch_reference.py``: the releases' model,
+kaiming init, ``torch.optim.SGD(momentum, weight_decay)``, ``adjust_learning_rate`` and
+criteria, written from the release code, not from lt_jax.
+
+Three sides run every step: lt_jax, the release in float32 (as it runs) and the release in
+float64 (the reference). lt_jax and the release both compute in float32, so the float32
+release's distance from the float64 one is the size of float32 rounding at that step; lt_jax
+"parts" from the release when its own distance exceeds ``SLACK`` times that (and a small
+floor), or when the learning rates differ. Per step: the learning rate, the loss, the logits
+before the update, the parameters and the BatchNorm statistics after it (max |a - ref| /
+max |ref| over every tensor). Two modes per phase:
+  free   every side trains on its own from the shared start (rounding differences grow);
+  synced before every step both PyTorch copies (weights, momentum buffers, BatchNorm
+         statistics) are reset to lt_jax's state, so each row is one step's difference alone.
+The report names the first step and quantity. Writes ``lockstep.json`` and ``lockstep.md``
+to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "cifar-10-batches-py")
+
+# The phases checked: method -> (0-based first epochs, what changes there in the release).
+PHASES = {
+    "ce": {0: "warm-up (lr 0.02)", 160: "lr x0.01 from epoch 160 (release: epoch + 1 > 160)"},
+    "ldam_drw": {0: "LDAM, warm-up", 160: "DRW weights on (epoch // 160), lr x0.01"},
+    "kps_ga": {0: "KPS, warm-up", 120: "released GA on (epoch >= 120)"},
+    "fbl": {0: "curriculum t = 0, warm-up", 150: "t = (150 / 190)^2, lr 0.1"},
+    "gcl": {0: "noise + mixup, warm-up", 180: "lr x0.01 (epoch + 1 > 180)"},
+}
+LR_FACTORS = {  # the releases' adjust_learning_rate factors (of 0.1) after 160 and 180
+    "ce": (0.01, 0.0001),
+    "ldam_drw": (0.01, 0.0001),
+    "fbl": (0.01, 0.0001),
+    "kps_ga": (0.1, 0.01),
+    "gcl": (0.1, 0.01),
+}
+
+
+def _setup(method, data_dir, seed, kernels):
+    """lt_jax's stage-1 pieces for ``configs/cifar_lt.py:method=...`` (the 200-epoch recipe)."""
+    import jax
+    import jax.numpy as jnp
+
+    from lt_jax import methods, sweep, train
+    from lt_jax.data import augment
+
+    arg = f"method={method},seed={seed},data_dir={data_dir},stage2=none"
+    config = sweep.load_config(os.path.join(ROOT, "configs", "cifar_lt.py"), arg)
+    if kernels:
+        config.kernels = kernels
+    if method == "kps_ga":
+        config.loss.margin = "mirror"  # the release's margins (closed form: within 1.2e-4)
+    data, _ = train.load_dataset(config.dataset)
+    counts = data.class_counts
+    sizes = train._epoch_batches(config, len(data.train_labels), config.batch_size)
+    m = methods.get_method(config.method, config.loss, counts, len(sizes))
+    tx, lr_fn = train.create_optimizer(config, len(sizes), data.num_classes, m)
+    state, graphdef, head_graphdef, tx = train.init_state(config, data.num_classes, m, tx)
+    mean, std = augment.CIFAR_MEAN, augment.CIFAR_STD
+    step = train.jit_step(
+        train.make_train_step(config, graphdef, head_graphdef, m, tx, lr_fn, mean, std),
+        train._kernels(config),
+    )
+    mix = train._mixing(config)
+
+    @jax.jit
+    def logits_before(params, batch_stats, images, labels, idx, key, step_no):
+        from flax import nnx
+
+        x = train._prepare_batch(
+            images, labels, idx, key, step_no, config.dataset.augment, mix, mean, std
+        )[0]
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        return model(x, train=True)[0]
+
+    images, labels = jnp.asarray(data.train_images), jnp.asarray(data.train_labels)
+    key = jax.random.fold_in(jax.random.key(config.seed), 1)  # run_stage's stage-1 key
+    return dict(
+        config=config,
+        data=data,
+        sizes=sizes,
+        method=m,
+        state=state,
+        step=step,
+        lr_fn=lr_fn,
+        logits_before=logits_before,
+        images=images,
+        labels=labels,
+        key=key,
+        mix=mix,
+        head=m.head,
+    )
+
+
+# --- weights across frameworks ------------------------------------------------------------------
+
+
+def _named_leaves(tree):
+    """{torch-style name: array} of an lt_jax params / batch_stats / momentum tree."""
+    import jax
+
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        parts = []
+        for entry in path:
+            k = getattr(entry, "key", getattr(entry, "idx", getattr(entry, "name", None)))
+            if k != "value":
+                parts.append(str(k))
+        out[".".join(parts)] = np.asarray(leaf)
+    return out
+
+
+_TORCH_NAME = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+def _to_torch(name, value, head):
+    """lt_jax (name, array) -> (torch name, array in torch layout)."""
+    *mod, leaf = name.split(".")
+    if leaf == "kernel":
+        if value.ndim == 4:  # HWIO -> OIHW
+            value = value.transpose(3, 2, 0, 1)
+        elif head == "linear" or mod[0] != "head":  # Linear stores [out, in]
+            value = value.T
+        return ".".join([*mod, "weight"]), value  # NormedLinear keeps [in, out]
+    return ".".join([*mod, _TORCH_NAME[leaf]]), value
+
+
+def _momentum(opt_state):
+    import optax
+
+    return optax.tree_utils.tree_get(opt_state, "trace")
+
+
+def load_into_torch(model, opt, state, head):
+    """Copies lt_jax's params, BatchNorm statistics and (if ``opt``) momentum into PyTorch."""
+    import torch
+
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for tree in (state["params"], state["batch_stats"]):
+            for name, value in _named_leaves(tree).items():
+                tname, v = _to_torch(name, value, head)
+                tensors[tname].copy_(torch.from_numpy(np.array(v)))
+    if opt is not None:
+        params = dict(model.named_parameters())
+        for name, value in _named_leaves(_momentum(state["opt_state"])).items():
+            tname, v = _to_torch(name, value, head)
+            p = params[tname]
+            opt.state[p]["momentum_buffer"] = torch.from_numpy(np.array(v)).to(p.dtype)
+
+
+def _torch_arrays(model):
+    """{name: float64 array} of a torch model's parameters and buffers."""
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    return {k: v.detach().double().numpy() for k, v in tensors.items() if v.is_floating_point()}
+
+
+def _jax_arrays(tree, head):
+    """lt_jax's params or batch_stats as {torch name: float64 array in torch layout}."""
+    out = {}
+    for name, value in _named_leaves(tree).items():
+        tname, v = _to_torch(name, value, head)
+        out[tname] = v.astype(np.float64)
+    return out
+
+
+def _rel(a: dict, ref: dict):
+    """(max over tensors of max|a - ref| / max|ref|, that tensor) over ``a``'s tensors."""
+    worst, where = 0.0, ""
+    for k, v in a.items():
+        r = ref[k]
+        e = float(np.max(np.abs(v - r)) / (np.max(np.abs(r)) + 1e-30))
+        if e > worst:
+            worst, where = e, k
+    return worst, where
+
+
+# --- the PyTorch step from lt_jax's draws ---------------------------------------------------------
+
+
+def _torch_batch(images_u8, idx, draws, mean, std):
+    """The release's RandomCrop(32, padding=4) + RandomHorizontalFlip + Normalize, with the
+    given per-image offsets and flips: zero padding of the uint8 image, before normalising."""
+    import torch
+    from torch.nn import functional as F
+
+    dy, dx, flip = (np.asarray(d) for d in draws)
+    x = torch.from_numpy(np.ascontiguousarray(images_u8[idx])).permute(0, 3, 1, 2)
+    padded = F.pad(x, (4, 4, 4, 4))
+    h, w = x.shape[2:]
+    crops = torch.stack(
+        [padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(len(idx))]
+    )
+    crops = torch.where(torch.from_numpy(flip).view(-1, 1, 1, 1), crops.flip(3), crops)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (crops.float() / 255.0 - m) / s
+
+
+def _noise(a):
+    import torch
+
+    return torch.from_numpy(np.array(a))
+
+
+class _TorchSide:
+    """One copy of the release's model and optimizer in PyTorch (float32 or float64)."""
+
+    def __init__(self, num_classes, head, wd, dtype):
+        import torch
+
+        from benchmarks.torch_reference import release_resnet32
+
+        self.dtype, self.head = dtype, head
+        self.model = release_resnet32(num_classes, head).to(dtype)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=wd)
+
+    def load(self, state, momentum: bool):
+        load_into_torch(self.model, self.opt if momentum else None, state, self.head)
+
+    def step(self, x, y, lr, criterion, mixing, noises):
+        """The release's train iteration; returns (loss, scores before the update)."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        x = x.to(self.dtype)
+        noise_a, noise_b = (n.to(self.dtype) for n in noises)
+        if mixing is not None:  # mixup_data / mixup_criterion (GCL release)
+            lam, perm = mixing
+            out, feat = self.model(lam * x + (1 - lam) * x[perm])
+            loss = lam * criterion(out, feat, y, noise_a) + (1 - lam) * criterion(
+                out, feat, y[perm], noise_b
+            )
+        else:
+            out, feat = self.model(x)
+            loss = criterion(out, feat, y, noise_a)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.item()), out.detach().double().numpy()
+
+
+def run_phase(method, start_epoch, steps, *, setup, sync):
+    """``steps`` steps of lt_jax, the release in float32 and the release in float64 (the
+    reference), from the first step of ``start_epoch``; one row per step."""
+    import jax
+    import optax
+    import torch
+
+    from benchmarks.torch_reference import release_loss, release_lr
+    from lt_jax import train
+    from lt_jax.data import augment
+    from lt_jax.data import samplers as smp
+    from lt_jax.losses import gcl as gcl_lib
+
+    s = setup
+    config, data, sizes, head = s["config"], s["data"], s["sizes"], s["head"]
+    spe = len(sizes)
+    # Start at the phase: the step counter and the optimizer's own (the schedule reads it).
+    first = jax.numpy.asarray(start_epoch * spe, jax.numpy.int32)
+    opt_state = optax.tree_utils.tree_set(s["state"]["opt_state"], count=first)
+    state = dict(s["state"], step=first, opt_state=opt_state)
+    torch.manual_seed(0)
+    sides = {
+        name: _TorchSide(data.num_classes, head, config.wd, dtype)
+        for name, dtype in (("release32", torch.float32), ("reference64", torch.float64))
+    }
+    for side in sides.values():
+        side.load(state, momentum=False)  # the same start; no momentum yet
+    labels_np = data.train_labels.astype(np.int64)
+    ends = np.cumsum(sizes)
+    _, alpha = s["mix"]
+    rows = []
+    for k in range(steps):
+        step_no = start_epoch * spe + k
+        epoch, b = divmod(step_no, spe)
+        order = smp.epoch_indices(
+            config.sampler, data.train_labels, seed=config.seed, epoch=epoch,
+            num_classes=data.num_classes, total_epochs=config.epochs,
+        )  # fmt: skip
+        idx = order[ends[b] - sizes[b] : ends[b]]
+        if sync and k:
+            for side in sides.values():
+                side.load(state, momentum=True)
+        # lt_jax: logits before the update, then its real train step.
+        logits = {
+            "lt_jax": np.asarray(
+                s["logits_before"](
+                    state["params"], state["batch_stats"], s["images"], s["labels"],
+                    idx, s["key"], step_no,
+                ),
+                np.float64,
+            )
+        }  # fmt: skip
+        state, metrics = s["step"](state, s["images"], s["labels"], idx, s["key"])
+        # PyTorch: the same batch from lt_jax's draws, the release's iteration.
+        k_aug, k_mix, k_loss, k_loss_b = train.step_keys(s["key"], step_no)
+        draws = augment.crop_flip_draws(k_aug, len(idx), pad=4)
+        x = _torch_batch(data.train_images, idx, draws, augment.CIFAR_MEAN, augment.CIFAR_STD)
+        y = torch.from_numpy(labels_np[idx])
+        mixing = None
+        if alpha > 0:
+            lam, perm = augment.mixup_draws(k_mix, len(idx), alpha=alpha)
+            mixing = float(lam), torch.from_numpy(np.asarray(perm).astype(np.int64))
+        shape = (len(idx), data.num_classes)
+        noises = [_noise(gcl_lib.gcl_noise(k, shape)) for k in (k_loss, k_loss_b)]
+        lr = release_lr(epoch, factors=LR_FACTORS[method])
+        criterion = release_loss(method, data.class_counts, epoch=epoch, epochs=config.epochs)
+        losses = {"lt_jax": float(metrics["loss"])}
+        for name, side in sides.items():
+            losses[name], logits[name] = side.step(x, y, lr, criterion, mixing, noises)
+        ref = sides["reference64"].model
+        params = {
+            "lt_jax": _jax_arrays(state["params"], head),
+            "release32": dict(sides["release32"].model.named_parameters()),
+        }
+        params["release32"] = {
+            k: v.detach().double().numpy() for k, v in params["release32"].items()
+        }
+        ref_arrays = _torch_arrays(ref)
+        stats_j = _jax_arrays(state["batch_stats"], head)
+        stats_32 = {
+            k: v for k, v in _torch_arrays(sides["release32"].model).items() if k in stats_j
+        }
+        row = dict(step=step_no, epoch=epoch, batch=len(idx), lr_lt_jax=float(metrics["lr"]))
+        row["lr_release"] = lr
+        for who in ("lt_jax", "release32"):
+            row[f"loss_{who}"] = losses[who]
+            row[f"loss_err_{who}"] = abs(losses[who] - losses["reference64"]) / abs(
+                losses["reference64"]
+            )
+            lg, lr64 = logits[who], logits["reference64"]
+            row[f"logits_err_{who}"] = float(np.max(np.abs(lg - lr64)) / np.max(np.abs(lr64)))
+            row[f"params_err_{who}"], row[f"params_worst_{who}"] = _rel(params[who], ref_arrays)
+            st = stats_j if who == "lt_jax" else stats_32
+            row[f"bn_stats_err_{who}"], row[f"bn_stats_worst_{who}"] = _rel(st, ref_arrays)
+        row["loss_reference64"] = losses["reference64"]
+        rows.append(row)
+    return rows
+
+
+# A quantity parts when lt_jax's error (against the float64 release) exceeds SLACK times the
+# float32 release's own error, and the floor: both run float32, so the release's distance
+# from its float64 twin is the size of float32 rounding for that step. The parameter floor is
+# higher: the gradients of the first layers and of near-zero BatchNorm biases are
+# ill-conditioned at initialisation, and both float32 sides miss the float64 update there by
+# up to about 1e-2 of the tensor (measured: 1e-3 to 2e-2 per step, either side the larger).
+SLACK = 10.0
+FLOOR = {"loss": 1e-6, "logits": 1e-5, "params": 5e-2, "bn_stats": 1e-5}
+
+
+def parted(rows):
+    """The first (step, quantity) where lt_jax parts from the release beyond float32 rounding
+    (see ``SLACK`` / ``FLOOR``), or None."""
+    for r in rows:
+        if abs(r["lr_lt_jax"] - r["lr_release"]) > 1e-6 * r["lr_release"]:
+            return r["step"], "learning rate"
+        for q in ("loss", "logits", "params", "bn_stats"):
+            if r[f"{q}_err_lt_jax"] > max(SLACK * r[f"{q}_err_release32"], FLOOR[q]):
+                where = r.get(f"{q}_worst_lt_jax", "")
+                return r["step"], f"{q} ({where})" if where else q
+    return None
+
+
+def report_markdown(results) -> str:
+    """One line per (method, phase, mode): the first part, and the largest error of lt_jax
+    and of the float32 release against the float64 release."""
+    lines = [
+        "| method | from epoch (phase) | mode | steps | batch sizes | first part | "
+        "loss err lt_jax / release32 | logits err | params err | BN stats err |",
+        "|---|---|---|---:|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        rows, p = r["rows"], r["parted"]
+        sizes = sorted({row["batch"] for row in rows})
+
+        def pair(q, rows=rows):
+            a = max(x[f"{q}_err_lt_jax"] for x in rows)
+            return f"{a:.1e} / {max(x[f'{q}_err_release32'] for x in rows):.1e}"
+
+        lines.append(
+            f"| {r['method']} | {r['start_epoch']} ({r['phase']}) | {r['mode']} | {len(rows)} | "
+            f"{', '.join(map(str, sizes))} | {'none' if p is None else f'step {p[0]}: {p[1]}'} | "
+            f"{pair('loss')} | {pair('logits')} | {pair('params')} | {pair('bn_stats')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default=",".join(PHASES))
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--modes", default="free,synced")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--kernels", default="", help="lt_jax config.kernels (default: auto)")
+    parser.add_argument(
+        "--phases", default="", help="start epochs to check, e.g. 0,160 (default: each method's)"
+    )
+    parser.add_argument("--out", default="", help="folder for lockstep.json and lockstep.md")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    sys.path.insert(0, ROOT)  # benchmarks.torch_reference when run as a script
+    torch.set_num_threads(args.threads)
+    results = []
+    for method in args.methods.split(","):
+        if method not in PHASES:
+            parser.error(f"no lockstep recipe for {method!r}; valid: {', '.join(PHASES)}")
+        setup = _setup(method, args.data_dir, args.seed, args.kernels)
+        phases = PHASES[method]
+        starts = [int(e) for e in args.phases.split(",")] if args.phases else list(phases)
+        for start in starts:
+            for mode in args.modes.split(","):
+                t0 = time.perf_counter()
+                rows = run_phase(method, start, args.steps, setup=setup, sync=mode == "synced")
+                r = dict(
+                    method=method,
+                    start_epoch=start,
+                    phase=phases.get(start, ""),
+                    mode=mode,
+                    rows=rows,
+                    parted=parted(rows),
+                    seconds=time.perf_counter() - t0,
+                )
+                results.append(r)
+                print(report_markdown([r]).splitlines()[-1], flush=True)
+    import jax
+
+    meta = dict(
+        command="python benchmarks/lockstep.py " + " ".join(argv or sys.argv[1:]),
+        data_dir=args.data_dir,
+        jax=jax.__version__,
+        torch=torch.__version__,
+        backend=jax.default_backend(),
+        criterion=dict(slack=SLACK, floor=FLOOR),
+    )
+    print(report_markdown(results))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "lockstep.json"), "w") as f:
+            json.dump(dict(meta, results=results), f, indent=1)
+        with open(os.path.join(args.out, "lockstep.md"), "w") as f:
+            f.write(report_markdown(results) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
