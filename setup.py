@@ -24,6 +24,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "test": [
+        # The lockstep test runs the releases' recipe in PyTorch (the CPU build on this
+        # project's machines; a GPU box may take its own build).
+        "torch==2.13.0",
         "pytest>=8",
         "pytest-xdist>=3",
         "hypothesis>=6",

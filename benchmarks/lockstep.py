@@ -59,8 +59,9 @@ LR_FACTORS = {  # the releases' adjust_learning_rate factors (of 0.1) after 160 
 }
 
 
-def _setup(method, data_dir, seed, kernels):
-    """lt_jax's stage-1 pieces for ``configs/cifar_lt.py:method=...`` (the 200-epoch recipe)."""
+def _setup(method, data_dir, seed, kernels, batch_size=0):
+    """lt_jax's stage-1 pieces for ``configs/cifar_lt.py:method=...`` (the 200-epoch recipe;
+    ``batch_size`` > 0 replaces the recipe's, for quick checks)."""
     import jax
     import jax.numpy as jnp
 
@@ -71,6 +72,8 @@ def _setup(method, data_dir, seed, kernels):
     config = sweep.load_config(os.path.join(ROOT, "configs", "cifar_lt.py"), arg)
     if kernels:
         config.kernels = kernels
+    if batch_size:
+        config.batch_size = batch_size
     if method == "kps_ga":
         config.loss.margin = "mirror"  # the release's margins (closed form: within 1.2e-4)
     data, _ = train.load_dataset(config.dataset)
@@ -418,6 +421,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--kernels", default="", help="lt_jax config.kernels (default: auto)")
+    parser.add_argument("--batch-size", type=int, default=0, help="default: the recipe's")
     parser.add_argument(
         "--phases", default="", help="start epochs to check, e.g. 0,160 (default: each method's)"
     )
@@ -432,7 +436,7 @@ def main(argv=None):
     for method in args.methods.split(","):
         if method not in PHASES:
             parser.error(f"no lockstep recipe for {method!r}; valid: {', '.join(PHASES)}")
-        setup = _setup(method, args.data_dir, args.seed, args.kernels)
+        setup = _setup(method, args.data_dir, args.seed, args.kernels, args.batch_size)
         phases = PHASES[method]
         starts = [int(e) for e in args.phases.split(",")] if args.phases else list(phases)
         for start in starts:

@@ -92,13 +92,16 @@ def load_dataset(cfg: ml_collections.ConfigDict):
     if cfg.profile == "none":
         data, kept = full, np.arange(len(full.train_labels))
     else:
+        protocol = cfg.get("split_protocol", "per_class")
+        # The release protocol's n_max is the per-class count of the data (None: that one).
+        default_n_max = None if protocol == "release" else DATASETS[name][0]
         data, kept = sources.make_long_tailed(
             full,
-            n_max=cfg.n_max or DATASETS[name][0],
+            n_max=cfg.n_max or default_n_max,
             imb_factor=cfg.imb_factor,
             profile=cfg.profile,
             seed=cfg.split_seed,
-            protocol=cfg.get("split_protocol", "per_class"),
+            protocol=protocol,
         )
     if not cfg.get("allow_constant_images", False):
         sources.check_no_constant_images(data.train_images, kept, where=cfg.data_dir or name)

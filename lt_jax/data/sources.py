@@ -233,7 +233,7 @@ def load_image_folder(root: str, *, size: tuple[int, int] | None = None) -> Arra
 def make_long_tailed(
     data: ArrayDataset,
     *,
-    n_max: int,
+    n_max: int | None,
     imb_factor: float,
     profile: str = "exp",
     seed: int = 0,
@@ -242,12 +242,13 @@ def make_long_tailed(
     """Applies an imbalance profile to the training split; returns (dataset, kept indices).
 
     ``protocol`` names how the kept examples are drawn (``longtail.SPLIT_PROTOCOLS``):
-    ``release`` replays the LDAM-DRW generator (``n_max`` must then be the per-class
-    count, as the release has no other), ``per_class`` seeds each class separately.
+    ``release`` replays the LDAM-DRW generator (``n_max`` must then be None or the
+    per-class count, as the release has no other), ``per_class`` seeds each class
+    separately.
     """
     if protocol == "release":
         per_class = len(data.train_labels) / data.num_classes
-        if n_max != per_class:
+        if n_max is not None and n_max != per_class:
             raise ValueError(
                 f"dataset.split_protocol='release' keeps the release's n_max (the per-class "
                 f"count, {per_class:g}), not {n_max}; set dataset.n_max=0 or "
@@ -261,6 +262,8 @@ def make_long_tailed(
             num_classes=data.num_classes,
         )
     elif protocol == "per_class":
+        if n_max is None:
+            raise ValueError("dataset.split_protocol='per_class' needs n_max")
         counts = longtail.profile_counts(profile, data.num_classes, n_max, imb_factor)
         kept = longtail.subsample_indices(data.train_labels, counts, seed=seed)
     else:

@@ -1,0 +1,95 @@
+"""Lockstep parity, small: lt_jax's train step against the releases' recipe in PyTorch
+(benchmarks/lockstep.py), on a synthetic CIFAR-10 in the python-pickle layout.
+
+Each method starts at a phase of its 200-epoch recipe where the release switches something
+(the DRW weights and the lr decay at epoch 160, GA at 120, the FBL curriculum, GCL's noise and
+mixup) and must match the float32 release within float32 rounding: the same learning rate,
+loss and logits, parameters and BatchNorm statistics as far from the float64 release as the
+float32 release itself is. A wrong schedule boundary, reduction, margin or running-variance
+rule makes it fail (the test below also shows one).
+"""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from benchmarks import lockstep  # noqa: E402
+
+PER_CLASS = 100  # the release split keeps [100, 59, 35, 21, 12, 7, 4, 2, 1, 1]: 242 images
+
+
+@pytest.fixture(scope="module")
+def cifar_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat(np.arange(10), PER_CLASS))
+    # Smooth class-dependent images (not noise), so the features and gradients are realistic.
+    base = rng.integers(0, 256, (10, 4, 4, 3))
+    imgs = np.repeat(np.repeat(base[labels], 8, axis=1), 8, axis=2)
+    imgs = np.clip(imgs + rng.normal(0, 20, imgs.shape), 0, 255).astype(np.uint8)
+    rows = imgs.transpose(0, 3, 1, 2).reshape(len(labels), -1)
+    for k in range(5):
+        part = slice(k * 200, (k + 1) * 200)
+        batch = {b"data": rows[part], b"labels": labels[part].tolist()}
+        with open(root / f"data_batch_{k + 1}", "wb") as f:
+            pickle.dump(batch, f)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": rows[:100], b"labels": labels[:100].tolist()}, f)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, f)
+    return str(root)
+
+
+def _run(cifar_dir, method, phase, steps, modes, batch):
+    return lockstep.main(
+        [
+            *("--methods", method, "--phases", str(phase), "--steps", str(steps)),
+            *("--modes", modes, "--batch-size", str(batch), "--data-dir", cifar_dir),
+            *("--threads", "1"),
+        ]
+    )
+
+
+def test_ce_keeps_the_partial_batch_and_matches_free_running(cifar_dir):
+    """Warm-up: a whole epoch, 3 x 64 images and the partial batch (50, rounded down to the
+    8 test devices: 48); free-running, lt_jax stays within float32 rounding of the release."""
+    (r,) = _run(cifar_dir, "ce", 0, 4, "free", 64)
+    assert [row["batch"] for row in r["rows"]] == [64, 64, 64, 48]
+    assert r["parted"] is None, r["parted"]
+    assert all(row["lr_lt_jax"] == pytest.approx(0.02, rel=1e-6) for row in r["rows"])
+
+
+@pytest.mark.parametrize(
+    "method,phase",
+    [("ldam_drw", 160), ("kps_ga", 120), ("fbl", 150), ("gcl", 0)],
+)
+def test_method_phase_matches_the_release(cifar_dir, method, phase):
+    (r,) = _run(cifar_dir, method, phase, 2, "synced", 32)
+    assert r["parted"] is None, r["parted"]
+    for row in r["rows"]:
+        assert row["loss_err_lt_jax"] < 1e-5 and row["logits_err_lt_jax"] < 1e-4, row
+
+
+def test_a_schedule_one_epoch_late_is_caught(cifar_dir, monkeypatch, tmp_path):
+    """The lr decay one epoch late (lt_jax before this check existed) parts at once; the
+    report files name it."""
+    from lt_jax import config_lib
+
+    late = dict(config_lib.CIFAR_RECIPES["baseline"], lr_boundaries=(161, 181))
+    monkeypatch.setitem(config_lib.CIFAR_RECIPES, "baseline", late)
+    (r,) = lockstep.main(
+        [
+            *("--methods", "ldam_drw", "--phases", "160", "--steps", "1", "--modes", "synced"),
+            *("--batch-size", "32", "--data-dir", cifar_dir, "--out", str(tmp_path)),
+        ]
+    )
+    assert r["parted"] is not None and r["parted"][1] == "learning rate"
+    assert os.path.exists(tmp_path / "lockstep.json")
+    md = (tmp_path / "lockstep.md").read_text()
+    assert md.startswith("| method |") and "| ldam_drw | 160 (DRW" in md
+    assert "| step 1280: learning rate |" in md  # epoch 160 x 8 steps of 32
