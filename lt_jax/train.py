@@ -222,7 +222,8 @@ def init_state(config, num_classes, method, tx):
         rngs=nnx.Rngs(config.seed),
         dtype=_compute_dtype(config.get("dtype", "float32")),
         impl=_kernels(config),
-        **({"in_channels": 1} if config.dataset.name == "mnist_lt" else {}),
+        # MNIST is grey; every other dataset is decoded to RGB (whatever the model's default).
+        in_channels=1 if config.dataset.name == "mnist_lt" else 3,
     )
     if config.get("pretrained"):
         models.load_torchvision_weights(model, config.pretrained)

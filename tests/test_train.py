@@ -407,3 +407,42 @@ def test_evaluate_keeps_order_and_drops_padding():
     assert calls == [0, 3]
     np.testing.assert_array_equal(logits[:, 0], [0, 2, 4, 6, 8])
     np.testing.assert_array_equal(feats[:, 0], [0, 1, 2, 3, 4])
+
+
+def _synthetic_cifar100(root, per_class_train=20, per_class_test=5):
+    """A small cifar-100-python folder in the standard layout (train / test / meta pickles,
+    fine labels interleaved as in the official order)."""
+    import pickle
+
+    folder = root / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, per_class in (("train", per_class_train), ("test", per_class_test)):
+        labels = rng.permutation(np.repeat(np.arange(100), per_class))
+        data = rng.integers(0, 256, (len(labels), 3072)).astype(np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"fine_labels": labels.tolist()}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [f"c{i:02d}".encode() for i in range(100)]}, f)
+    return folder
+
+
+def test_cifar100_lt_runs_end_to_end_on_the_standard_folder(tmp_path):
+    """CIFAR-100-LT through configs/cifar_lt.py: the release split of the folder's labels,
+    its class counts in split.json, a short CE run with results."""
+    folder = _synthetic_cifar100(tmp_path)
+    config = load_config(
+        "configs/cifar_lt.py", f"dataset=cifar100,imb=10,method=ce,data_dir={folder},runlocal"
+    )
+    config.unlock()
+    config.batch_size = 64
+    data, kept = train.load_dataset(config.dataset)
+    # The release's counts for 20 per class, IF 10: int(20 * 0.1 ** (c / 99)).
+    want = [int(20 * 0.1 ** (c / 99.0)) for c in range(100)]
+    assert data.class_counts.tolist() == want and want[0] == 20 and want[-1] == 2
+    assert config.dataset.split_protocol == "release" and config.dataset.split_seed == 0
+    results = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["final"]["epoch"] == 2 and len(results["final"]["per_class_accuracy"]) == 100
+    split = json.load(open(tmp_path / "run" / "split.json"))
+    assert split["split_protocol"] == "release" and split["class_counts"] == want
+    assert split["indices"] == kept.tolist()
