@@ -1,6 +1,6 @@
 """Lockstep parity: lt_jax's train step against the releases' recipe written in PyTorch.
 
-Usage: python benchmarks/lockstep.py [--methods ce,ldam_drw,kps_ga,fbl,gcl] [--steps 12]
+Usage: python benchmarks/lockstep.py [--methods ce,ldam_drw,kps_ga,fbl,gcl] [--steps 6]
            [--data-dir ../shared/data/cifar-10-batches-py] [--out results/lockstep]
        (needs PyTorch: pip install -e '.[bench]')
 
@@ -217,7 +217,7 @@ def _torch_batch(images_u8, idx, draws, mean, std):
     crops = torch.stack(
         [padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(len(idx))]
     )
-    crops = torch.where(torch.from_numpy(flip).view(-1, 1, 1, 1), crops.flip(3), crops)
+    crops = torch.where(torch.from_numpy(np.array(flip)).view(-1, 1, 1, 1), crops.flip(3), crops)
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (crops.float() / 255.0 - m) / s
@@ -415,8 +415,11 @@ def report_markdown(results) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(PHASES))
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--modes", default="free,synced")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--modes", default="synced", help="free and/or synced, every method")
+    parser.add_argument(
+        "--free-methods", default="ce", help="methods also run free (on top of --modes)"
+    )
     parser.add_argument("--data-dir", default=DEFAULT_DATA)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -440,7 +443,10 @@ def main(argv=None):
         phases = PHASES[method]
         starts = [int(e) for e in args.phases.split(",")] if args.phases else list(phases)
         for start in starts:
-            for mode in args.modes.split(","):
+            modes = args.modes.split(",")
+            if method in args.free_methods.split(",") and "free" not in modes:
+                modes = ["free", *modes]
+            for mode in modes:
                 t0 = time.perf_counter()
                 rows = run_phase(method, start, args.steps, setup=setup, sync=mode == "synced")
                 r = dict(

@@ -1,15 +1,20 @@
 """Cross-check: the LDAM-DRW release's cross-entropy recipe in PyTorch, on lt_jax's data.
 
 Usage: python benchmarks/torch_reference.py [--epochs 10] [--seed 0]
-           [--data-dir ../shared/data/cifar10_jpeg] [--threads N]
+           [--data-dir ../shared/data/cifar-10-batches-py] [--threads N]
        (needs the [bench] extra: pip install -e '.[bench]')
 
-Trains the PyTorch ResNet-32 of ``benchmarks/throughput.py`` (option-A shortcuts, Kaiming
-init as in the release) with plain softmax cross-entropy on exactly the CIFAR-10-LT (IF 100)
-training images that ``configs/cifar_lt.py`` selects (loaded through ``lt_jax.train``), with
-the release's recipe scaled to ``--epochs`` the way lt_jax scales it: batch 128, SGD 0.9,
-weight decay 2e-4 on all weights, lr 0.1 with linear warm-up, x0.01 and x0.0001 steps, pad-4
-crop + flip, the same normalisation. Prints the final test top-1 and per-class accuracy; run
+Trains the release's ResNet-32 (:func:`release_resnet32`: option-A shortcuts, kaiming_normal_
+init) with plain softmax cross-entropy on exactly the CIFAR-10-LT (IF 100) training images
+that ``configs/cifar_lt.py`` selects (loaded through ``lt_jax.train``), with the release's
+recipe scaled to ``--epochs`` the way lt_jax scales it: batch 128 with the last partial batch,
+SGD 0.9, weight decay 2e-4 on all weights, lr 0.1 with linear warm-up, x0.01 and x0.0001
+steps, pad-4 crop + flip, the same normalisation.
+
+The module also holds the releases' recipe for ``benchmarks/lockstep.py``, which runs it step
+by step beside lt_jax from the same weights and random draws.
+
+Prints the final test top-1 and per-class accuracy; run
 ``python -m lt_jax.main --config configs/cifar_lt.py:method=ce,epochs=N,seed=S`` beside it to
 compare the two pipelines on equal terms (the PyTorch side draws its own initialisation and
 batch order, so compare across seeds).
@@ -26,7 +31,7 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "cifar10_jpeg")
+DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "cifar-10-batches-py")
 
 
 # --- the releases' recipe, written independently in PyTorch (for benchmarks/lockstep.py) -------
@@ -203,11 +208,9 @@ def main():
     args = parser.parse_args()
 
     import torch
-    from torch import nn
     from torch.nn import functional as F
 
     sys.path.insert(0, ROOT)  # run as a script from anywhere
-    from benchmarks.throughput import torch_resnet32
     from lt_jax import sweep, train
     from lt_jax.data import augment
 
@@ -229,11 +232,13 @@ def main():
     train_y = torch.from_numpy(data.train_labels.astype(np.int64))
     test_x, test_y = to_tensor(data.test_images), data.test_labels
 
-    model = torch_resnet32(data.num_classes)
-    for m in model.modules():  # the release's _weights_init
-        if isinstance(m, nn.Linear | nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.wd)
+    net = release_resnet32(data.num_classes)  # the release's model and _weights_init
+
+    def model(x):
+        return net(x)[0]
+
+    model.train, model.eval = net.train, net.eval
+    opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.wd)
     batch, n = config.batch_size, len(train_y)
     gen = torch.Generator().manual_seed(args.seed)
 
@@ -252,7 +257,7 @@ def main():
             group["lr"] = lr_at(epoch)
         model.train()
         order = torch.randperm(n, generator=gen)
-        for i in range(0, n - batch + 1, batch):  # full batches, as lt_jax's sampler
+        for i in range(0, n, batch):  # the last partial batch too (DataLoader, drop_last=False)
             idx = order[i : i + batch]
             padded = F.pad(train_x[idx], (4, 4, 4, 4))
             offsets = torch.randint(0, 9, (len(idx), 2), generator=gen).tolist()

@@ -50,7 +50,7 @@ def _run(cifar_dir, method, phase, steps, modes, batch):
         [
             *("--methods", method, "--phases", str(phase), "--steps", str(steps)),
             *("--modes", modes, "--batch-size", str(batch), "--data-dir", cifar_dir),
-            *("--threads", "1"),
+            *("--threads", "1", "--free-methods", ""),
         ]
     )
 
