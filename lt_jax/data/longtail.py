@@ -95,15 +95,22 @@ def subsample_indices(labels: np.ndarray, counts: Sequence[int], *, seed: int) -
         raise ValueError(
             f"labels must lie in [0, {len(counts)}), got {labels.min()}..{labels.max()}"
         )
+    shuffle = lambda j, idx: np.random.default_rng([seed, j]).shuffle(idx)  # noqa: E731
+    return _first_of_each_class(labels, counts, shuffle, "lower n_max or the imbalance factor")
+
+
+def _first_of_each_class(labels, counts, shuffle, hint: str) -> np.ndarray:
+    """For each class j in order: its indices in dataset order, ``shuffle(j, idx)`` in
+    place, the first ``counts[j]`` kept; grouped by class."""
     kept = []
     for j, n_j in enumerate(counts):
         idx = np.flatnonzero(labels == j)
         if n_j > len(idx):
             raise ValueError(
                 f"the imbalance profile asks for {n_j} examples of class {j} but the dataset "
-                f"has only {len(idx)}; lower n_max or the imbalance factor"
+                f"has only {len(idx)}; {hint}"
             )
-        np.random.default_rng([seed, j]).shuffle(idx)
+        shuffle(j, idx)
         kept.append(idx[:n_j])
     return np.concatenate(kept) if kept else np.zeros((0,), np.int64)
 
@@ -153,18 +160,9 @@ def release_split(
         counts = [int(n_max)] * half + [int(n_max * ratio)] * (num_classes - half)
     else:
         raise ValueError(f"unknown imbalance profile {profile!r}; valid: exp, step")
-    rng = np.random.RandomState(seed)
-    kept = []
-    for c, n_c in enumerate(counts):
-        idx = np.flatnonzero(labels == c)
-        if n_c > len(idx):
-            raise ValueError(
-                f"the release split asks for {n_c} examples of class {c} but the dataset "
-                f"has only {len(idx)}; is the training set balanced?"
-            )
-        rng.shuffle(idx)
-        kept.append(idx[:n_c])
-    return np.sort(np.concatenate(kept))
+    rng = np.random.RandomState(seed)  # one stream through all classes, as the release's
+    shuffle = lambda c, idx: rng.shuffle(idx)  # noqa: E731
+    return np.sort(_first_of_each_class(labels, counts, shuffle, "is the training set balanced?"))
 
 
 def shot_groups(class_counts: Sequence[int], *, convention: str = "paper") -> np.ndarray:
