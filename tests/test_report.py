@@ -62,3 +62,17 @@ def test_report_table_and_figures(sweep_root, tmp_path):
 def test_report_on_unfinished_dir_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a finished lt_jax run"):
         report.write_report([str(tmp_path)], str(tmp_path / "out"))
+
+
+def test_published_number_beside_the_papers_schedule_only():
+    def run(epochs, top1):
+        cfg = {"method": "fbl", "dataset": {"name": "cifar10_lt", "imb_factor": 100.0}}
+        res = {"final": dict(top1=top1, many=0.8, medium=0.7, few=None)}
+        res["best_epoch"] = res["final"]
+        res["devices"] = "1 x gpu"
+        return {"config": {**cfg, "epochs": epochs}, "results": res, "workdir": "w"}
+
+    table = report.markdown_table(report.group_runs([run(200, 0.8), run(200, 0.82), run(40, 0.7)]))
+    rows = {line.split(" | ")[3]: line for line in table.splitlines()[2:]}
+    assert "| 81.00 ± 1.41 | 82.46 |" in rows["200"]  # final-epoch mean ± std, then published
+    assert "| 70.00 | - |" in rows["40"]
