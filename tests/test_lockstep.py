@@ -51,6 +51,9 @@ def _run(cifar_dir, method, phase, steps, modes, batch):
             *("--methods", method, "--phases", str(phase), "--steps", str(steps)),
             *("--modes", modes, "--batch-size", str(batch), "--data-dir", cifar_dir),
             *("--threads", "1", "--free-methods", ""),
+            # The plain XLA program: the tests force the native CPU kernels on (to check them
+            # on every machine), which are slow where there is no AVX-512.
+            *("--kernels", "xla"),
         ]
     )
 
@@ -86,6 +89,7 @@ def test_a_schedule_one_epoch_late_is_caught(cifar_dir, monkeypatch, tmp_path):
         [
             *("--methods", "ldam_drw", "--phases", "160", "--steps", "1", "--modes", "synced"),
             *("--batch-size", "32", "--data-dir", cifar_dir, "--out", str(tmp_path)),
+            *("--kernels", "xla"),
         ]
     )
     assert r["parted"] is not None and r["parted"][1] == "learning rate"
