@@ -114,48 +114,22 @@ class JaxStep:
 
 
 def torch_resnet32(num_classes=10):
-    """The LDAM-DRW ResNet-32 (option-A shortcuts) in PyTorch, for the reference timing."""
-    import torch
+    """The LDAM-DRW release's ResNet-32 (option-A shortcuts) in PyTorch, returning logits, for
+    the reference timing (``benchmarks/torch_reference.release_resnet32``)."""
     from torch import nn
-    from torch.nn import functional as F
 
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.stride, self.pad = stride, cout - cin
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.torch_reference import release_resnet32
 
-        def forward(self, x):
-            y = F.relu(self.bn1(self.conv1(x)))
-            y = self.bn2(self.conv2(y))
-            if self.stride != 1 or self.pad:
-                x = F.pad(
-                    x[:, :, :: self.stride, :: self.stride],
-                    (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2),
-                )
-            return F.relu(y + x)
-
-    class Net(nn.Module):
+    class Logits(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.bn = nn.BatchNorm2d(16)
-            blocks, cin = [], 16
-            for width, stride in ((16, 1), (32, 2), (64, 2)):
-                for i in range(5):
-                    blocks.append(Block(cin, width, stride if i == 0 else 1))
-                    cin = width
-            self.blocks = nn.Sequential(*blocks)
-            self.fc = nn.Linear(64, num_classes)
+            self.net = release_resnet32(num_classes)
 
         def forward(self, x):
-            x = self.blocks(F.relu(self.bn(self.conv(x))))
-            return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+            return self.net(x)[0]
 
-    return Net()
+    return Logits()
 
 
 class TorchStep:
