@@ -447,3 +447,22 @@ def test_cifar100_lt_runs_end_to_end_on_the_standard_folder(tmp_path):
     split = json.load(open(tmp_path / "run" / "split.json"))
     assert split["split_protocol"] == "release" and split["class_counts"] == want
     assert split["indices"] == kept.tolist()
+
+
+def test_workdir_from_before_drop_last_and_split_protocol_resumes(tmp_path):
+    """Runs written before drop_last / dataset.split_protocol existed dropped the partial batch
+    and split per class: they resume under exactly those settings, nothing else."""
+    config = tiny("ce")
+    config.drop_last = True
+    train.check_workdir_config(str(tmp_path), config)
+    path = tmp_path / "config.json"
+    old = json.loads(path.read_text())
+    del old["drop_last"], old["dataset"]["split_protocol"], old["dataset"]["allow_constant_images"]
+    path.write_text(json.dumps(old))
+    train.check_workdir_config(str(tmp_path), config)
+    config.drop_last = False
+    with pytest.raises(train.TrainingError, match=r"differs in: drop_last\)"):
+        train.check_workdir_config(str(tmp_path), config)
+    config.drop_last, config.dataset.split_protocol = True, "release"
+    with pytest.raises(train.TrainingError, match=r"differs in: dataset\)"):
+        train.check_workdir_config(str(tmp_path), config)
