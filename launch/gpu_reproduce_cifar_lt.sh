@@ -4,8 +4,10 @@
 #
 # Made for a lent GPU that takes at most 64 MiB of files and reaches no network:
 #   1. here:  python benchmarks/pack_cifar_lt.py --split-seeds 0            # .pack/, ~51 MiB
-#             python -m pip download --no-deps --only-binary=:all: -d .whl \
-#               ml-collections tensorboardX                                  # not on the image
+#             python -m pip download --only-binary=:all: -d .whl --python-version 3.12 \
+#               --platform manylinux_2_28_x86_64 ml-collections tensorboardX grain
+#             (what lt_jax imports and the device image lacks; keep .whl under ~10 MiB by
+#             deleting wheels the image already has, e.g. numpy, protobuf)
 #   2. there: bash launch/gpu_reproduce_cifar_lt.sh   (carry .pack and .whl)
 # Settings (environment): METHODS (fbl,ldam_drw,cb_focal: the issue's three published
 # targets first), SEEDS (0,1,2), EPOCHS (200), EVAL_EVERY (1: every epoch, so the best
@@ -37,6 +39,11 @@ if [ -d .whl ]; then
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
+if ! python3 -c "import lt_jax.train" 2> /tmp/import_error; then
+  echo "lt_jax does not import on this machine: $(tail -1 /tmp/import_error); carry the missing" \
+    "packages as wheels in .whl (see this script's header)"
+  exit 1
+fi
 
 IFS=, read -r -a methods <<< "$METHODS"
 IFS=, read -r -a seeds <<< "$SEEDS"
