@@ -336,18 +336,12 @@ def run_phase(method, start_epoch, steps, *, setup, sync):
         for name, side in sides.items():
             losses[name], logits[name] = side.step(x, y, lr, criterion, mixing, noises)
         ref = sides["reference64"].model
-        params = {
-            "lt_jax": _jax_arrays(state["params"], head),
-            "release32": dict(sides["release32"].model.named_parameters()),
-        }
-        params["release32"] = {
-            k: v.detach().double().numpy() for k, v in params["release32"].items()
-        }
         ref_arrays = _torch_arrays(ref)
+        arrays32 = _torch_arrays(sides["release32"].model)  # parameters and buffers, once
+        params = {"lt_jax": _jax_arrays(state["params"], head)}
+        params["release32"] = {k: arrays32[k] for k in params["lt_jax"]}
         stats_j = _jax_arrays(state["batch_stats"], head)
-        stats_32 = {
-            k: v for k, v in _torch_arrays(sides["release32"].model).items() if k in stats_j
-        }
+        stats_32 = {k: arrays32[k] for k in stats_j}
         row = dict(step=step_no, epoch=epoch, batch=len(idx), lr_lt_jax=float(metrics["lr"]))
         row["lr_release"] = lr
         for who in ("lt_jax", "release32"):

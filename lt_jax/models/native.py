@@ -148,14 +148,10 @@ def _host_is_fast() -> bool:
     AMD EPYC, 2 cores, ResNet-32 batch 128) they ran 48 images/s against XLA's 122."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return True  # other vector units: the compiler's own tuning (-mcpu=native)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "avx512f" in line.split()
-    except OSError:
-        pass
-    return True  # unknown: keep the previous behaviour (build and use them)
+    identity = _cpu_identity()  # holds /proc/cpuinfo's flags line where there is one
+    if "flags" not in identity:
+        return True  # unknown: keep the previous behaviour (build and use them)
+    return "avx512f" in identity.split()
 
 
 def available() -> bool:
