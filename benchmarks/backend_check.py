@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lt_jax import config_lib, train
+from lt_jax import config_lib, steps
 from lt_jax.models import kernels
 from lt_jax.models.resnet_cifar import ResNetCifar
 
@@ -66,7 +66,7 @@ def main():
     print(f"jax {jax.__version__}, backend {backend}: {jax.devices()}")
     print(f"kernels.implementation({backend!r}) = {kernels.implementation(backend)!r}")
     print(f"compiler options of the train step: {kernels.compiler_options(backend)}")
-    print(f"config.kernels='auto' resolves to {train._kernels(config_lib.base_config())!r}")
+    print(f"config.kernels='auto' resolves to {steps.kernels(config_lib.base_config())!r}")
     model = ResNetCifar(num_classes=10, depth=32, rngs=nnx.Rngs(0))
     print(f"default ResNet-32 kernels: {model.impl!r}")
 

@@ -17,31 +17,29 @@ import time
 
 import jax
 
-from lt_jax import train
-from lt_jax.data import augment, samplers, sources, streaming
+from lt_jax.data import augment, pipeline, samplers, sources, streaming
 
 DEFAULT_ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10_jpeg")
 
 
 def on_device(root, batch, batches):
     data, _ = sources.make_long_tailed(sources.load_image_folder(root), n_max=5000, imb_factor=100)
-    mesh = train.create_mesh()
-    source = train.InMemoryInput(data, mesh)
+    mesh = pipeline.create_mesh()
+    source = pipeline.InMemoryInput(data, mesh)
 
     @jax.jit
-    def prepare(images, idx, key):
-        x = augment.random_crop_flip(key, images[idx], pad=4, flip=True)
+    def prepare(batch, key):
+        x = augment.random_crop_flip(key, batch.take()[0], pad=4, flip=True)
         return augment.normalize(x, augment.CIFAR_MEAN, augment.CIFAR_STD)
 
     order = samplers.epoch_indices("instance", data.train_labels, seed=0, epoch=0)
     sizes = samplers.epoch_batches(len(order), batch, drop_last=True)
     it = source.train(order, epoch=0, start_batch=0, sizes=sizes, seed=0)
-    images, _, idx = next(it)
-    jax.block_until_ready(prepare(images, idx, jax.random.key(0)))
+    jax.block_until_ready(prepare(next(it), jax.random.key(0)))
     start = time.perf_counter()
     out = None
-    for b, (images, _, idx) in zip(range(batches), it, strict=False):
-        out = prepare(images, idx, jax.random.key(b))
+    for b, arrays in zip(range(batches), it, strict=False):
+        out = prepare(arrays, jax.random.key(b))
     jax.block_until_ready(out)
     return batches * batch / (time.perf_counter() - start)
 

@@ -65,8 +65,8 @@ def _setup(method, data_dir, seed, kernels, batch_size=0):
     import jax
     import jax.numpy as jnp
 
-    from lt_jax import methods, sweep, train
-    from lt_jax.data import augment
+    from lt_jax import config_lib, methods, optim, steps, sweep
+    from lt_jax.data import augment, datasets, pipeline
 
     arg = f"method={method},seed={seed},data_dir={data_dir},stage2=none"
     config = sweep.load_config(os.path.join(ROOT, "configs", "cifar_lt.py"), arg)
@@ -76,26 +76,28 @@ def _setup(method, data_dir, seed, kernels, batch_size=0):
         config.batch_size = batch_size
     if method == "kps_ga":
         config.loss.margin = "mirror"  # the release's margins (closed form: within 1.2e-4)
-    data, _ = train.load_dataset(config.dataset)
+    config = config_lib.resolve(config)
+    data, _ = datasets.load_dataset(config.dataset)
     counts = data.class_counts
-    sizes = train._epoch_batches(config, len(data.train_labels), config.batch_size)
+    sizes = pipeline.epoch_sizes(len(data.train_labels), config.batch_size, drop_last=False)
     m = methods.get_method(config.method, config.loss, counts, len(sizes))
-    tx, lr_fn = train.create_optimizer(config, len(sizes), data.num_classes, m)
-    state, graphdef, head_graphdef, tx = train.init_state(config, data.num_classes, m, tx)
-    mean, std = augment.CIFAR_MEAN, augment.CIFAR_STD
-    step = train.jit_step(
-        train.make_train_step(config, graphdef, head_graphdef, m, tx, lr_fn, mean, std),
-        train._kernels(config),
+    tx, lr_fn = optim.create_optimizer(
+        config, len(sizes), ga_start_step=m.ga_start_step, num_classes=data.num_classes
     )
-    mix = train._mixing(config)
+    state, graphdef, head_graphdef, tx = steps.init_state(config, data.num_classes, m.head, tx)
+    mean, std = augment.CIFAR_MEAN, augment.CIFAR_STD
+    prep = steps.preprocess(config, config.dataset.augment, mean, std)
+    step = steps.jit_step(
+        steps.make_train_step(graphdef, head_graphdef, m, tx, lr_fn, prep),
+        steps.kernels(config),
+    )
+    mix = prep.mix
 
     @jax.jit
-    def logits_before(params, batch_stats, images, labels, idx, key, step_no):
+    def logits_before(params, batch_stats, batch, key, step_no):
         from flax import nnx
 
-        x = train._prepare_batch(
-            images, labels, idx, key, step_no, config.dataset.augment, mix, mean, std
-        )[0]
+        x = steps.prepare_batch(batch, key, step_no, prep).images
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
         return model(x, train=True)[0]
 
@@ -274,8 +276,8 @@ def run_phase(method, start_epoch, steps, *, setup, sync):
     import torch
 
     from benchmarks.torch_reference import release_loss, release_lr
-    from lt_jax import train
-    from lt_jax.data import augment
+    from lt_jax import steps as steps_lib
+    from lt_jax.data import augment, pipeline
     from lt_jax.data import samplers as smp
     from lt_jax.losses import gcl as gcl_lib
 
@@ -309,18 +311,16 @@ def run_phase(method, start_epoch, steps, *, setup, sync):
             for side in sides.values():
                 side.load(state, momentum=True)
         # lt_jax: logits before the update, then its real train step.
+        batch = pipeline.GatherBatch(s["images"], s["labels"], idx)
         logits = {
             "lt_jax": np.asarray(
-                s["logits_before"](
-                    state["params"], state["batch_stats"], s["images"], s["labels"],
-                    idx, s["key"], step_no,
-                ),
+                s["logits_before"](state["params"], state["batch_stats"], batch, s["key"], step_no),
                 np.float64,
             )
-        }  # fmt: skip
-        state, metrics = s["step"](state, s["images"], s["labels"], idx, s["key"])
+        }
+        state, metrics = s["step"](state, batch, s["key"])
         # PyTorch: the same batch from lt_jax's draws, the release's iteration.
-        k_aug, k_mix, k_loss, k_loss_b = train.step_keys(s["key"], step_no)
+        k_aug, k_mix, k_loss, k_loss_b = steps_lib.step_keys(s["key"], step_no)
         draws = augment.crop_flip_draws(k_aug, len(idx), pad=4)
         x = _torch_batch(data.train_images, idx, draws, augment.CIFAR_MEAN, augment.CIFAR_STD)
         y = torch.from_numpy(labels_np[idx])

@@ -51,17 +51,14 @@ class JaxStep:
     def __init__(self, batch: int, devices=None, impl="auto", options="auto"):
         import jax
         import jax.numpy as jnp
-        import ml_collections
         import optax
         from flax import nnx
         from jax.sharding import NamedSharding
         from jax.sharding import PartitionSpec as P
 
-        from lt_jax import methods, models, train
+        from lt_jax import methods, models, steps
+        from lt_jax.data import pipeline
 
-        config = ml_collections.ConfigDict(
-            dict(dataset=dict(augment="none"), mixup_alpha=0.0, lr=0.1, wd=2e-4)
-        )
         method = methods.get_method("ce", None, np.ones(10), 1)
         model = models.create_model(
             "resnet32",
@@ -77,25 +74,28 @@ class JaxStep:
             "opt_state": tx.init(params),
             "step": jnp.zeros((), jnp.int32),
         }
-        fn = train.make_train_step(
-            config, graphdef, nnx.graphdef(model.head), method, tx, lambda s: 0.1, (0.5,), (0.25,)
+        prep = steps.Preprocess("none", ("mixup", 0.0), (0.5,), (0.25,))
+        fn = steps.make_train_step(
+            graphdef, nnx.graphdef(model.head), method, tx, lambda s: 0.1, prep
         )
-        self.mesh = train.create_mesh(devices)
+        self.mesh = pipeline.create_mesh(devices)
         rep = NamedSharding(self.mesh, P())
         self.state = jax.device_put(state, rep)
         rng = np.random.default_rng(0)
-        self.images = train.shard_batch(
-            self.mesh, rng.integers(0, 255, (batch, 32, 32, 3), dtype=np.uint8)
+        self.batch_arrays = pipeline.ImageBatch(  # host-augmented: the step only normalises
+            pipeline.shard_batch(
+                self.mesh, rng.integers(0, 255, (batch, 32, 32, 3), dtype=np.uint8)
+            ),
+            pipeline.shard_batch(self.mesh, rng.integers(0, 10, batch).astype(np.int32)),
         )
-        self.labels = train.shard_batch(self.mesh, rng.integers(0, 10, batch).astype(np.int32))
         self.key = jax.random.key(0)
         self.batch = batch
         self.impl = model.impl
         # kernels "xla" = jax.jit without compiler options; None = the backend's options.
         kernels = "xla" if options == "none" else None
-        self.step = train.jit_step(fn, kernels, donate_argnums=(0,))
+        self.step = steps.jit_step(fn, kernels, donate_argnums=(0,))
         start = time.perf_counter()
-        self.state, m = self.step(self.state, self.images, self.labels, None, self.key)
+        self.state, m = self.step(self.state, self.batch_arrays, self.key)
         jax.block_until_ready(m)
         self.compile_s = time.perf_counter() - start
 
@@ -104,7 +104,7 @@ class JaxStep:
 
         start = time.perf_counter()
         for _ in range(steps):
-            self.state, m = self.step(self.state, self.images, self.labels, None, self.key)
+            self.state, m = self.step(self.state, self.batch_arrays, self.key)
         jax.block_until_ready((self.state, m))
         return steps * self.batch / (time.perf_counter() - start)
 

@@ -211,8 +211,8 @@ def main():
     from torch.nn import functional as F
 
     sys.path.insert(0, ROOT)  # run as a script from anywhere
-    from lt_jax import sweep, train
-    from lt_jax.data import augment
+    from lt_jax import sweep
+    from lt_jax.data import augment, datasets
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -220,7 +220,7 @@ def main():
         os.path.join(ROOT, "configs", "cifar_lt.py"),
         f"method=ce,epochs={args.epochs},seed={args.seed},data_dir={args.data_dir}",
     )
-    data, _ = train.load_dataset(config.dataset)
+    data, _ = datasets.load_dataset(config.dataset)
     mean = torch.tensor(augment.CIFAR_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(augment.CIFAR_STD).view(1, 3, 1, 1)
 

@@ -29,12 +29,18 @@ warm-up over epochs 0-4 (0-based), decays from 0-based epochs 160 and 180 (the r
   ce / focal / cb_focal / ldam_drw / balanced_softmax / logit_adjusted(_posthoc):
        batch 128, x0.01 / x0.0001 (LDAM-DRW release; DRW from 160, weighted mean).
 Published top-1 on CIFAR-10-LT IF 100 (spec section 7, best test epoch): FBL 82.46,
-LDAM-DRW 77.03, CB focal 74.57. epochs=N rescales every epoch number of the recipe.
+LDAM-DRW 77.03, CB focal 74.57.
+
+Every epoch number in this file is for the 200-epoch recipe (``recipe_epochs``);
+``epochs=N`` here or ``--config.epochs=N`` after it stretches all of them (warm-up, lr
+decays, DRW / GA starts, the FBL curriculum, stage 2's length) to N when the run starts
+(lt_jax.config_lib.resolve): both spellings give one run.
 
 Arguments: dataset (cifar10|cifar100), imb, profile (exp|step), method, stage2
 (auto|none|gcl|crt|lws|tau_norm), epochs, seed, split_protocol (release|per_class),
 split_seed (-1: the method's release seed), eval_every (epochs between test
-evaluations; 0: epochs / 20; 1 gives the papers' best-epoch number), data_dir, runlocal.
+evaluations, not stretched; 0: epochs / 20; 1 gives the papers' best-epoch number),
+data_dir, runlocal (2 epochs, stage 2 stretched to 1).
 """
 
 from lt_jax import config_lib as common
@@ -71,22 +77,24 @@ def get_config(arg=None):
     c.dataset.augment = "crop_flip"
     c.model = "resnet32"
     c.method = a.method
+    c.recipe_epochs = 200
     c.epochs = 2 if a.runlocal else a.epochs
-    c.loss = common.loss_config(a.method, c.epochs)
+    c.loss = common.loss_config(a.method, c.recipe_epochs)
     recipe = common.cifar_recipe(a.method)
     c.batch_size = recipe["batch_size"]
     c.mixup_alpha = recipe.get("mixup_alpha", 0.0)
     c.lr = 0.1
-    c.warmup_epochs = common.scale_epochs(5, c.epochs)
-    c.lr_boundaries = tuple(common.scale_epochs(b, c.epochs) for b in recipe["lr_boundaries"])
+    c.warmup_epochs = 5
+    c.lr_boundaries = recipe["lr_boundaries"]
     c.lr_factors = recipe["lr_factors"]
-    c.eval_every_epochs = a.eval_every or max(1, c.epochs // 20)
-    c.checkpoint_every_epochs = max(1, c.epochs // 20)
+    c.evals_per_run = 20
+    c.eval_every_epochs = a.eval_every  # 0: auto, max(1, epochs // evals_per_run)
+    c.checkpoint_every_epochs = 0  # auto
     c.log_every_steps = 100
     preset = ("gcl" if a.method == "gcl" else "none") if a.stage2 == "auto" else a.stage2
     c.stage2 = common.stage2_config(
         preset,
-        epochs=1 if a.runlocal else common.scale_epochs(30, c.epochs),
+        epochs=30,
         lr=0.002,
         batch_size=64,
         mixup_alpha=1.0 if preset == "gcl" else 0.0,

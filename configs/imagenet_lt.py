@@ -19,8 +19,13 @@ top-1 (spec section 7): ImageNet-LT R50 GCL 52.93 / 54.88 (stage 2), iNat R50
 GCL 70.33 / 72.01, MiSLAS 52.7 / 71.6. Runs on a TPU pod or GPU box
 (launch/); a 200-epoch ImageNet-LT run is about 23M images.
 
+Every epoch number in this file is for the 200-epoch recipe (``recipe_epochs``), stage
+2's 10 epochs included; ``epochs=N`` or ``--config.epochs=N`` stretches all of them to N
+when the run starts (lt_jax.config_lib.resolve). Evaluation every epochs / 10, a
+checkpoint every epoch.
+
 Arguments: dataset (imagenet_lt|inat2018), model (resnet50|resnext50_32x4d),
-method, stage2, epochs, batch, seed, data_dir, lists_dir, bf16, runlocal.
+method, stage2, epochs, batch, seed, data_dir, lists_dir, bf16, runlocal (1 + 1 epochs).
 """
 
 from lt_jax import config_lib as common
@@ -53,8 +58,9 @@ def get_config(arg=None):
     c.model = a.model
     c.dtype = "bfloat16" if a.bf16 else "float32"
     c.method = a.method
+    c.recipe_epochs = 200
     c.epochs = 1 if a.runlocal else a.epochs
-    c.loss = common.loss_config(a.method, c.epochs)
+    c.loss = common.loss_config(a.method, c.recipe_epochs)
     if a.method == "fbl":
         c.loss.lam = 150.0
     if a.method == "gcl":
@@ -62,17 +68,18 @@ def get_config(arg=None):
     c.batch_size = 16 if a.runlocal else a.batch
     c.lr = 0.2 * c.batch_size / 512
     c.wd = 5e-4
-    c.warmup_epochs = common.scale_epochs(5, c.epochs)
-    c.lr_boundaries = (common.scale_epochs(120, c.epochs), common.scale_epochs(160, c.epochs))
+    c.warmup_epochs = 5
+    c.lr_boundaries = (120, 160)
     c.lr_factors = (0.1, 0.01)
     c.eval_batch_size = 16 if a.runlocal else 1024
-    c.eval_every_epochs = max(1, c.epochs // 10)
+    c.evals_per_run = 10
+    c.eval_every_epochs = 0  # auto, max(1, epochs // evals_per_run)
     c.checkpoint_every_epochs = 1
     c.log_every_steps = 100
     preset = ("gcl" if a.method == "gcl" else "none") if a.stage2 == "auto" else a.stage2
     c.stage2 = common.stage2_config(
         preset,
-        epochs=1 if a.runlocal else 10,
+        epochs=10,
         lr=0.05 * c.batch_size / 512,
         batch_size=c.batch_size,
     )

@@ -1,14 +1,54 @@
-"""Shared config pieces: typed ``key=value`` arguments and the per-method defaults.
+"""Shared config pieces: typed ``key=value`` arguments, per-method defaults, ``resolve``.
 
 Config files call ``parse_arg(arg, **defaults)`` on the text after the colon of
 ``--config configs/x.py:key=value,flag``; every key must be one of the defaults
 (an unknown key is an error listing the valid ones), and values are converted
 to the default's type.
+
+Epoch numbers in a config are written for a recipe of ``recipe_epochs`` epochs and
+stretched to ``epochs`` by ``resolve``, which the trainer calls once when a run starts:
+``configs/x.py:epochs=5`` and ``--config.epochs=5`` (set after ``get_config``) are then
+one run. Config files import this module only, never JAX, so reading one is cheap.
 """
+
+import copy
+from collections.abc import Mapping
 
 import ml_collections
 
-from lt_jax import methods
+# Per-method loss hyper-parameters (spec defaults, CIFAR recipes), with the epoch-valued
+# entries (EPOCH_KEYS) written for a LOSS_DEFAULTS_EPOCHS-epoch run. They live here, not
+# in lt_jax.methods, so that config files can use them without importing JAX.
+LOSS_DEFAULTS = {
+    "ce": {},
+    "focal": {"gamma": 1.0},
+    "cb_focal": {"gamma": 1.0, "beta": 0.9999},
+    "ldam_drw": {"max_m": 0.5, "s": 30.0, "beta": 0.9999, "drw_epoch": 160},
+    "balanced_softmax": {},
+    "logit_adjusted": {"tau": 1.0},
+    "logit_adjust_posthoc": {"tau": 1.0},
+    "kps": {"s": 15.0, "max_m": 0.2, "margin": "closed_form"},
+    "kps_ga": {"s": 15.0, "max_m": 0.2, "margin": "closed_form", "ga_epoch": 120},
+    "kps_ga_optax": {"s": 15.0, "max_m": 0.2, "margin": "closed_form", "ga_epoch": 120},
+    "fbl": {"lam": 60.0, "total_epochs": 200, "offset": 10, "clamp": False},
+    "gcl": {"s": 30.0, "m": 0.0, "noise_mul": 0.5, "focal_gamma": 0.0},
+}
+EPOCH_KEYS = ("drw_epoch", "ga_epoch", "total_epochs", "offset")
+LOSS_DEFAULTS_EPOCHS = 200
+
+# Config keys added after runs were first written, with the value that reproduces those runs:
+# ``resolve`` fills them in when a config (an older workdir's config.json) lacks them.
+COMPAT_DEFAULTS = {
+    "kernels": "auto",
+    "drop_last": True,
+    "dataset.split_protocol": "per_class",
+    "dataset.allow_constant_images": False,
+}
+
+# Intervals whose 0 means "auto": max(1, epochs // evals_per_run).
+INTERVAL_KEYS = ("eval_every_epochs", "checkpoint_every_epochs")
+# Keys that only tell ``resolve`` how to scale; the resolved config has none of them.
+HELPER_KEYS = ("recipe_epochs", "evals_per_run")
 
 
 def _convert(key, text, default):
@@ -40,21 +80,30 @@ def parse_arg(arg, **defaults):
     return ml_collections.ConfigDict(out)
 
 
-def loss_config(method, total_epochs, reference_epochs=200):
-    """The method's loss hyper-parameters, epoch switches scaled to ``total_epochs``."""
-    if method not in methods.LOSS_DEFAULTS:
-        raise ValueError(
-            f"unknown method {method!r}; valid: {', '.join(sorted(methods.LOSS_DEFAULTS))}"
-        )
-    cfg = dict(methods.LOSS_DEFAULTS[method])
-    for key in methods.EPOCH_KEYS:
-        if key not in cfg:
+def loss_config(method, total_epochs, reference_epochs=LOSS_DEFAULTS_EPOCHS):
+    """The method's loss hyper-parameters, epoch switches scaled to ``total_epochs``.
+
+    Config files pass their ``recipe_epochs``, so the loss's epoch switches are in recipe
+    units like every other epoch number; ``resolve`` then stretches them to the run's
+    ``epochs`` with the rest (a second rounding when the recipe is not 200 epochs long).
+    """
+    if method not in LOSS_DEFAULTS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(sorted(LOSS_DEFAULTS))}")
+    loss = _scale_loss(LOSS_DEFAULTS[method], total_epochs, reference_epochs)
+    return ml_collections.ConfigDict(loss)
+
+
+def _scale_loss(loss, epochs, written_for):
+    """``loss`` (a dict) with its EPOCH_KEYS moved from a ``written_for``-epoch run."""
+    out = dict(loss)
+    for key in EPOCH_KEYS:
+        if key not in out:
             continue
         if key == "offset":  # the FBL curriculum offset may become 0
-            cfg[key] = round(cfg[key] * total_epochs / reference_epochs)
-        else:  # epoch switches stay >= 1
-            cfg[key] = scale_epochs(cfg[key], total_epochs, reference_epochs)
-    return ml_collections.ConfigDict(cfg)
+            out[key] = round(out[key] * epochs / written_for)
+        else:  # epoch switches stay >= 1 (0, from the start, stays 0)
+            out[key] = scale_epochs(out[key], epochs, written_for)
+    return out
 
 
 def base_config():
@@ -89,6 +138,10 @@ def base_config():
     # does (in-memory datasets; streamed ones always drop it).
     c.drop_last = False
     c.epochs = 200
+    # > 0: every epoch number in the config (warm-up, lr boundaries, the loss's epoch
+    # switches, stage2.epochs) is written for a recipe of this many epochs and stretched to
+    # ``epochs`` by ``resolve``; 0: they are absolute.
+    c.recipe_epochs = 0
     c.lr = 0.1
     c.momentum = 0.9
     c.wd = 2e-4
@@ -105,9 +158,11 @@ def base_config():
     c.pretrained = ""  # torchvision state_dict as .npz for the trunk (Places-LT ResNet-152)
     c.ga = ml_collections.ConfigDict(dict(alpha=1.0, r_min=0.1, decay=1.0))
     c.shot_convention = "paper"
+    # Intervals in epochs, used as given; 0: auto, max(1, epochs // evals_per_run).
     c.eval_every_epochs = 10
     c.log_every_steps = 50
     c.checkpoint_every_epochs = 10
+    c.evals_per_run = 0
     c.stage2 = stage2_config("none", epochs=30)
     return c
 
@@ -127,13 +182,17 @@ STAGE2_PRESETS = {
 
 
 def stage2_config(preset, *, epochs, lr=0.002, batch_size=64, mixup_alpha=0.0):
-    """Stage-2 config from a preset name (``none``, ``gcl``, ``crt``, ``lws``, ``tau_norm``)."""
+    """Stage-2 config from a preset name (``none``, ``gcl``, ``crt``, ``lws``, ``tau_norm``).
+
+    Its epoch numbers (warm-up, lr boundaries, the loss's epoch switches) are written for
+    the ``epochs`` given; ``resolve`` stretches them with ``stage2.epochs``.
+    """
     if preset not in STAGE2_PRESETS:
         raise ValueError(
             f"unknown stage2 preset {preset!r}; valid: {', '.join(sorted(STAGE2_PRESETS))}"
         )
     c = ml_collections.ConfigDict(STAGE2_PRESETS[preset])
-    loss = dict(methods.LOSS_DEFAULTS[c.method])
+    loss = loss_config(c.method, epochs).to_dict()
     if preset == "gcl":
         loss.update(s=20.0, m=0.1, focal_gamma=1.0)  # spec section 5, stage 2 (CIFAR)
     c.loss = ml_collections.ConfigDict(loss)
@@ -153,8 +212,87 @@ def stage2_config(preset, *, epochs, lr=0.002, batch_size=64, mixup_alpha=0.0):
 
 
 def scale_epochs(value, total_epochs, reference_epochs=200):
-    """An epoch number of a 200-epoch recipe, moved to a run of ``total_epochs``."""
+    """An epoch number of a ``reference_epochs`` recipe, moved to a run of ``total_epochs``.
+
+    Rounded (half to even), and at least 1 so that a short run never pulls a switch or a
+    decay onto epoch 0; 0 (no warm-up, a switch from the start) stays 0.
+    """
+    if value == 0:
+        return 0
     return max(1, round(value * total_epochs / reference_epochs))
+
+
+def resolve(config) -> ml_collections.ConfigDict:
+    """The config a run uses: completed, stretched to ``epochs``, auto intervals filled in.
+
+    Pure and idempotent (the input is not changed; a resolved config resolves to itself),
+    and the result has exactly the keys the trainer saved in config.json before
+    ``recipe_epochs`` / ``evals_per_run`` existed, so older workdirs keep matching.
+    ``config`` is a ConfigDict or a config.json-like dict.
+    """
+    d = _completed(config)
+    recipe_epochs, evals_per_run = (d.pop(k) for k in HELPER_KEYS)
+    if recipe_epochs > 0:
+        _stretch(d, recipe_epochs)
+    for key in INTERVAL_KEYS:
+        if d[key] == 0:
+            d[key] = _auto_interval(key, d["epochs"], evals_per_run)
+    return ml_collections.ConfigDict(d)
+
+
+def _completed(config) -> dict:
+    """A deep copy of ``config`` as plain dicts, with every key of ``base_config()`` it lacks
+    (a config.json written before the key existed) filled in: COMPAT_DEFAULTS' value where
+    there is one (what those runs did), ``base_config()``'s otherwise."""
+    if isinstance(config, ml_collections.ConfigDict):
+        config = config.to_dict()
+    d = copy.deepcopy(dict(config))
+    _fill(d, base_config().to_dict(), prefix="")
+    return d
+
+
+def _fill(d, base, prefix):
+    """Fills ``d`` in place from ``base``, recursing into sub-configs both have."""
+    for key, value in base.items():
+        if key not in d:
+            d[key] = copy.deepcopy(COMPAT_DEFAULTS.get(prefix + key, value))
+        elif isinstance(value, dict) and isinstance(d[key], Mapping):
+            d[key] = dict(d[key])
+            _fill(d[key], value, prefix=f"{prefix}{key}.")
+
+
+def _stretch(d, recipe_epochs):
+    """Moves stage 1's and stage 2's epoch numbers from the recipe to ``d["epochs"]``.
+
+    Stage 2's own numbers are written for its length as written, so they follow
+    ``stage2.epochs`` after it is stretched.
+    """
+    _stretch_stage(d, d["epochs"], recipe_epochs)
+    s2 = d["stage2"]
+    written = s2["epochs"]
+    s2["epochs"] = scale_epochs(written, d["epochs"], recipe_epochs)
+    if written > 0:
+        _stretch_stage(s2, s2["epochs"], written)
+
+
+def _stretch_stage(stage, epochs, written_for):
+    """One stage's warm-up, lr boundaries and loss epoch switches, moved to ``epochs``."""
+    stage["warmup_epochs"] = scale_epochs(stage["warmup_epochs"], epochs, written_for)
+    stage["lr_boundaries"] = tuple(
+        scale_epochs(b, epochs, written_for) for b in stage["lr_boundaries"]
+    )
+    stage["loss"] = _scale_loss(stage["loss"], epochs, written_for)
+
+
+def _auto_interval(key, epochs, evals_per_run):
+    """``max(1, epochs // evals_per_run)``: about ``evals_per_run`` evaluations whatever
+    the run length."""
+    if evals_per_run <= 0:
+        raise ValueError(
+            f"config.{key}=0 (auto) needs config.evals_per_run > 0; "
+            f"set --config.evals_per_run=N or --config.{key}=N"
+        )
+    return max(1, epochs // evals_per_run)
 
 
 # CIFAR-LT recipes of the spec (sections 2-5): batch size, lr decay epochs and factors,

@@ -25,6 +25,10 @@ import numpy as np
 
 from lt_jax import losses, optim
 
+# The per-method loss defaults live in config_lib (config files read them without JAX);
+# importable from here too.
+from lt_jax.config_lib import EPOCH_KEYS, LOSS_DEFAULTS  # noqa: F401
+
 
 def _mean(per_example, labels, step):
     del labels, step
@@ -172,21 +176,3 @@ METHODS = {
     "fbl": _fbl,
     "gcl": _gcl,
 }
-
-# Per-method loss hyper-parameters (spec defaults, CIFAR recipes). Epoch-valued
-# entries are scaled to the run length by configs/common.py.
-LOSS_DEFAULTS = {
-    "ce": {},
-    "focal": {"gamma": 1.0},
-    "cb_focal": {"gamma": 1.0, "beta": 0.9999},
-    "ldam_drw": {"max_m": 0.5, "s": 30.0, "beta": 0.9999, "drw_epoch": 160},
-    "balanced_softmax": {},
-    "logit_adjusted": {"tau": 1.0},
-    "logit_adjust_posthoc": {"tau": 1.0},
-    "kps": {"s": 15.0, "max_m": 0.2, "margin": "closed_form"},
-    "kps_ga": {"s": 15.0, "max_m": 0.2, "margin": "closed_form", "ga_epoch": 120},
-    "kps_ga_optax": {"s": 15.0, "max_m": 0.2, "margin": "closed_form", "ga_epoch": 120},
-    "fbl": {"lam": 60.0, "total_epochs": 200, "offset": 10, "clamp": False},
-    "gcl": {"s": 30.0, "m": 0.0, "noise_mul": 0.5, "focal_gamma": 0.0},
-}
-EPOCH_KEYS = ("drw_epoch", "ga_epoch", "total_epochs", "offset")

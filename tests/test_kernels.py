@@ -255,12 +255,12 @@ def test_batch_norm_module_matches_flax_batch_norm():
 
 def test_config_kernels_switch(tmp_path):
     """config.kernels picks the model's kernels; an unknown name fails before training."""
-    from lt_jax import sweep, train
+    from lt_jax import steps, sweep, train
 
     config = sweep.load_config("configs/default.py", "epochs=1,runlocal")
-    assert train._kernels(config) == "cpu"  # auto, on this CPU backend
+    assert steps.kernels(config) == "cpu"  # auto, on this CPU backend
     config.kernels = "xla"
-    assert train._kernels(config) == "xla"
+    assert steps.kernels(config) == "xla"
     config.kernels = "fastest"
     with pytest.raises(ValueError, match="unknown config.kernels 'fastest'; valid: auto, xla, cpu"):
         train.train_and_evaluate(config, str(tmp_path))

@@ -13,8 +13,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lt_jax import checkpoint, methods, metrics, train
-from lt_jax.data import samplers
+from lt_jax import checkpoint, evaluation, methods, metrics, optim, stage2, steps, train
+from lt_jax.data import datasets, pipeline, samplers
+from lt_jax.workdir import check_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -57,16 +58,23 @@ def test_methods_train_one_epoch(tmp_path, method):
 
 
 def _one_step(config, devices, state0, graphdef, head_graphdef, method, tx, lr_fn, data):
-    mesh = train.create_mesh(devices)
+    mesh = pipeline.create_mesh(devices)
     rep = NamedSharding(mesh, P())
     step = jax.jit(
-        train.make_train_step(config, graphdef, head_graphdef, method, tx, lr_fn, (0.13,), (0.31,))
+        steps.make_train_step(
+            graphdef,
+            head_graphdef,
+            method,
+            tx,
+            lr_fn,
+            steps.preprocess(config, config.dataset.augment, (0.13,), (0.31,)),
+        )
     )
     state = jax.device_put(state0, rep)
     images, labels = jax.device_put(data.train_images, rep), jax.device_put(data.train_labels, rep)
-    idx = train.shard_batch(mesh, np.arange(config.batch_size, dtype=np.int32) * 7)
+    idx = pipeline.shard_batch(mesh, np.arange(config.batch_size, dtype=np.int32) * 7)
     for _ in range(2):
-        state, _ = step(state, images, labels, idx, jax.random.key(0))
+        state, _ = step(state, pipeline.GatherBatch(images, labels, idx), jax.random.key(0))
     return jax.device_get(state)
 
 
@@ -74,10 +82,12 @@ def test_eight_devices_equal_one_device():
     assert jax.device_count() == 8, "conftest should provide 8 virtual CPU devices"
     config = tiny("kps_ga_optax", mixup_alpha=1.0)
     config.loss.ga_epoch = 0
-    data, _ = train.load_dataset(config.dataset)
+    data, _ = datasets.load_dataset(config.dataset)
     method = methods.get_method(config.method, config.loss, data.class_counts, 15)
-    tx, lr_fn = train.create_optimizer(config, 15, 10, method)
-    state0, graphdef, head_graphdef = train.init_state(config, 10, method, tx)[:3]
+    tx, lr_fn = optim.create_optimizer(
+        config, 15, ga_start_step=method.ga_start_step, num_classes=10
+    )
+    state0, graphdef, head_graphdef = steps.init_state(config, 10, method.head, tx)[:3]
     args = (state0, graphdef, head_graphdef, method, tx, lr_fn, data)
     one = _one_step(config, jax.devices()[:1], *args)
     eight = _one_step(config, jax.devices(), *args)
@@ -97,10 +107,10 @@ def test_eight_devices_equal_one_device():
 
 
 def _final_params(workdir, config):
-    data, _ = train.load_dataset(config.dataset)
+    data, _ = datasets.load_dataset(config.dataset)
     method = methods.get_method(config.method, config.loss, data.class_counts, 15)
-    tx, _ = train.create_optimizer(config, 15, 10, method)
-    state = train.init_state(config, 10, method, tx)[0]
+    tx, _ = optim.create_optimizer(config, 15, ga_start_step=method.ga_start_step, num_classes=10)
+    state = steps.init_state(config, 10, method.head, tx)[0]
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "stage1"))
     restored = ckpt.restore(state)
     ckpt.close()
@@ -112,7 +122,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     full = train.train_and_evaluate(config, str(tmp_path / "a"))
 
     # Each epoch keeps its last partial batch: 15 batches of 64 and one of the rest.
-    data, _ = train.load_dataset(config.dataset)
+    data, _ = datasets.load_dataset(config.dataset)
     sizes = samplers.epoch_batches(len(data.train_labels), 64, multiple=jax.device_count())
     assert len(sizes) == 16 and sizes[:15] == [64] * 15 and 0 < sizes[-1] < 64
     # Preempt mid-epoch 1 (step 20 of 32): the SIGTERM path saves and stops; the resumed
@@ -126,7 +136,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
         return preempted
 
-    monkeypatch.setattr(train, "_install_sigterm", fake_sigterm)
+    monkeypatch.setattr(train, "install_sigterm", fake_sigterm)
     with pytest.raises(train.TrainingError, match="SIGTERM: saved stage1 step 20"):
         train.train_and_evaluate(config, str(tmp_path / "b"))
     monkeypatch.undo()
@@ -207,9 +217,9 @@ def test_nan_loss_stops_with_step(tmp_path):
 
 
 def test_workdir_with_other_config_is_refused(tmp_path):
-    train.check_workdir_config(str(tmp_path), tiny("ce"))
+    check_config(str(tmp_path), tiny("ce"))
     with pytest.raises(train.TrainingError, match="different config .*method"):
-        train.check_workdir_config(str(tmp_path), tiny("gcl"))
+        check_config(str(tmp_path), tiny("gcl"))
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
@@ -228,7 +238,7 @@ def test_missing_cifar_data_is_fast_clear_error(tmp_path):
     config.dataset.name = "cifar10_lt"
     config.dataset.data_dir = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="no cifar10 python archive"):
-        train.load_dataset(config.dataset)
+        datasets.load_dataset(config.dataset)
 
 
 # --- stage 2 ------------------------------------------------------------------------------------
@@ -238,36 +248,42 @@ def test_stage2_freezes_backbone_and_uses_inference_batchnorm():
     config = tiny("gcl", mixup_alpha=0.0)
     config.dataset.augment = "none"
     s2 = config.stage2
-    data, _ = train.load_dataset(config.dataset)
+    data, _ = datasets.load_dataset(config.dataset)
     m1 = methods.get_method(config.method, config.loss, data.class_counts, 15)
-    tx1, _ = train.create_optimizer(config, 15, 10, m1)
-    stage1, graphdef, head_graphdef, _ = train.init_state(config, 10, m1, tx1)
+    tx1, _ = optim.create_optimizer(config, 15, num_classes=10)
+    stage1, graphdef, head_graphdef, _ = steps.init_state(config, 10, m1.head, tx1)
     # Give the BatchNorm statistics non-trivial values, so inference vs batch mode differs.
     stats = jax.tree.map(lambda v: v + 0.3, stage1["batch_stats"])
     frozen = {"params": stage1["params"], "batch_stats": stats}
     before = jax.device_get(frozen)
 
     m2 = methods.get_method(s2.method, s2.loss, data.class_counts, 15)
-    tx2, lr2 = train.create_optimizer(s2, 15, 10, m2)
+    tx2, lr2 = optim.create_optimizer(s2, 15)
     head = jax.tree.map(jnp.copy, frozen["params"]["head"])
     state = {"trainable": head, "opt_state": tx2.init(head), "step": jnp.zeros((), jnp.int32)}
     step = jax.jit(
-        train.make_stage2_step(
-            s2, graphdef, head_graphdef, m2, tx2, lr2, (0.1307,), (0.3081,), "none"
+        steps.make_stage2_step(
+            graphdef,
+            stage2.MODES["retrain"].head_logits(head_graphdef),
+            m2,
+            tx2,
+            lr2,
+            steps.preprocess(s2, "none", (0.1307,), (0.3081,)),
         )
     )
     idx = jnp.arange(64, dtype=jnp.int32) * 11
     images, labels = jnp.asarray(data.train_images), jnp.asarray(data.train_labels)
     key = jax.random.key(0)
-    new_state, m = step(state, frozen, images, labels, idx, key)
-    new_state, _ = step(new_state, frozen, images, labels, idx, key)
+    batch = pipeline.GatherBatch(images, labels, idx)
+    new_state, m = step(state, frozen, batch, key)
+    new_state, _ = step(new_state, frozen, batch, key)
 
     # The frozen backbone and BatchNorm statistics are bit-identical; the head moved.
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(frozen), before)
     assert not np.allclose(new_state["trainable"]["kernel"][...], head["kernel"][...])
     # The stage-2 loss is the loss on inference-mode (running-average BN) features.
-    eval_step = jax.jit(train.make_eval_step(graphdef, (0.1307,), (0.3081,)))
-    logits, feats = eval_step(frozen["params"], stats, images, idx)
+    eval_step = jax.jit(steps.make_eval_step(graphdef, (0.1307,), (0.3081,)))
+    logits, feats = eval_step(frozen["params"], stats, pipeline.GatherBatch(images, None, idx))
     k_loss = jax.random.split(jax.random.fold_in(key, 0), 4)[2]
     expect = jnp.mean(m2.loss(logits, feats, labels[idx], k_loss, 0))
     np.testing.assert_allclose(float(m["loss"]), float(expect), rtol=1e-5)
@@ -358,7 +374,7 @@ def test_cutmix_training_and_mixing_choice(tmp_path):
     results = train.train_and_evaluate(tiny("ce", epochs=1, cutmix_alpha=1.0), str(tmp_path))
     assert np.isfinite(results["final"]["top1"])
     with pytest.raises(ValueError, match="mixup_alpha or cutmix_alpha, not both"):
-        train._mixing(tiny("ce", mixup_alpha=1.0, cutmix_alpha=1.0))
+        steps.mixing(tiny("ce", mixup_alpha=1.0, cutmix_alpha=1.0))
 
 
 def test_bad_stage2_settings_fail_before_stage1_trains(tmp_path, monkeypatch):
@@ -379,15 +395,15 @@ def test_workdir_from_before_config_kernels_resumes(tmp_path):
     """A run written before config.kernels existed ran the default kernels: it resumes with
     kernels=auto and is refused with any other choice."""
     config = tiny("ce")
-    train.check_workdir_config(str(tmp_path), config)
+    check_config(str(tmp_path), config)
     path = tmp_path / "config.json"
     old = json.loads(path.read_text())
     del old["kernels"]
     path.write_text(json.dumps(old))
-    train.check_workdir_config(str(tmp_path), config)
+    check_config(str(tmp_path), config)
     config.kernels = "xla"
     with pytest.raises(train.TrainingError, match=r"differs in: kernels\)"):
-        train.check_workdir_config(str(tmp_path), config)
+        check_config(str(tmp_path), config)
 
 
 def test_evaluate_keeps_order_and_drops_padding():
@@ -395,15 +411,16 @@ def test_evaluate_keeps_order_and_drops_padding():
     padding rows removed."""
     calls = []
 
-    def eval_step(params, batch_stats, images, idx):
+    def eval_step(params, batch_stats, batch):
+        idx = batch.idx
         calls.append(int(idx[0]))
         return jnp.asarray(idx, jnp.float32)[:, None] * 2, jnp.asarray(idx)[:, None]
 
     batches = [
-        (None, np.array([0, 1, 2]), np.array([True, True, True])),
-        (None, np.array([3, 4, 0]), np.array([True, True, False])),
+        (pipeline.GatherBatch(None, None, np.array([0, 1, 2])), np.array([True, True, True])),
+        (pipeline.GatherBatch(None, None, np.array([3, 4, 0])), np.array([True, True, False])),
     ]
-    logits, feats = train.evaluate(eval_step, None, None, iter(batches))
+    logits, feats = evaluation.evaluate(eval_step, None, None, iter(batches))
     assert calls == [0, 3]
     np.testing.assert_array_equal(logits[:, 0], [0, 2, 4, 6, 8])
     np.testing.assert_array_equal(feats[:, 0], [0, 1, 2, 3, 4])
@@ -437,7 +454,7 @@ def test_cifar100_lt_runs_end_to_end_on_the_standard_folder(tmp_path):
     config.unlock()
     config.batch_size = 64
     config.kernels = "xla"  # not the (test-forced) native kernels: slow without AVX-512
-    data, kept = train.load_dataset(config.dataset)
+    data, kept = datasets.load_dataset(config.dataset)
     # The release's counts for 20 per class, IF 10: int(20 * 0.1 ** (c / 99)).
     want = [int(20 * 0.1 ** (c / 99.0)) for c in range(100)]
     assert data.class_counts.tolist() == want and want[0] == 20 and want[-1] == 2
@@ -454,15 +471,15 @@ def test_workdir_from_before_drop_last_and_split_protocol_resumes(tmp_path):
     and split per class: they resume under exactly those settings, nothing else."""
     config = tiny("ce")
     config.drop_last = True
-    train.check_workdir_config(str(tmp_path), config)
+    check_config(str(tmp_path), config)
     path = tmp_path / "config.json"
     old = json.loads(path.read_text())
     del old["drop_last"], old["dataset"]["split_protocol"], old["dataset"]["allow_constant_images"]
     path.write_text(json.dumps(old))
-    train.check_workdir_config(str(tmp_path), config)
+    check_config(str(tmp_path), config)
     config.drop_last = False
     with pytest.raises(train.TrainingError, match=r"differs in: drop_last\)"):
-        train.check_workdir_config(str(tmp_path), config)
+        check_config(str(tmp_path), config)
     config.drop_last, config.dataset.split_protocol = True, "release"
     with pytest.raises(train.TrainingError, match=r"differs in: dataset\)"):
-        train.check_workdir_config(str(tmp_path), config)
+        check_config(str(tmp_path), config)

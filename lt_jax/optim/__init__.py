@@ -1,5 +1,7 @@
-"""Optimisation pieces: gradient adjustment (GA) as an optax transform, and schedules."""
+"""Optimisation pieces: gradient adjustment (GA) as an optax transform, schedules, and the
+stage optimizer built from a config (``create_optimizer``)."""
 
+from lt_jax.optim.factory import create_optimizer, learning_rate
 from lt_jax.optim.gradient_adjustment import (
     GradientAdjustmentState,
     GradientParts,
@@ -17,6 +19,8 @@ from lt_jax.optim.schedules import (
 )
 
 __all__ = [
+    "create_optimizer",
+    "learning_rate",
     "GradientAdjustmentState",
     "GradientParts",
     "drw_weights",

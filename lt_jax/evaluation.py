@@ -1,0 +1,71 @@
+"""Evaluation: every test example once, the many / medium / few summary, feature statistics.
+
+:func:`evaluate` runs a jitted eval step over an input's ``infer`` batches; the rest is
+NumPy on the host (``lt_jax.metrics`` does the accuracy, calibration and shot groups).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lt_jax import metrics
+
+
+def evaluate(eval_step, params, batch_stats, batches):
+    """Logits [N, C] and features [N, D] of every example, each counted once.
+
+    ``batches`` yields ``(batch, mask)``: a batch of global arrays and the host-side
+    global mask of its real (not padding) rows.
+    """
+    logits, feats, pending = [], [], None
+
+    def fetch(outputs, mask):
+        logits.append(np.asarray(outputs[0])[mask])
+        feats.append(np.asarray(outputs[1])[mask])
+
+    for batch, mask in batches:
+        # Dispatch batch i before waiting for batch i-1, so the device never idles on the host.
+        outputs = eval_step(params, batch_stats, batch)
+        if pending is not None:
+            fetch(*pending)
+        pending = (outputs, mask)
+    if pending is not None:
+        fetch(*pending)
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def predicted(method, logits, feats):
+    """(prediction scores, features) of an evaluation pass under ``method.predict``."""
+    return np.asarray(method.predict(logits)), feats
+
+
+def summarize(scores, data, *, shot_convention: str, prob_scale: float = 1.0) -> dict:
+    """Top-1, many / medium / few, per-class accuracy and ECE of test ``scores``.
+
+    ``softmax(prob_scale * scores)`` are the probabilities calibration is measured on
+    (cosine heads train ``softmax(s * cos)``).
+    """
+    z = prob_scale * np.asarray(scores, np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    return metrics.summarize(
+        scores, data.test_labels, data.class_counts, convention=shot_convention, probs=probs
+    )
+
+
+def feature_summary(feats, labels, num_classes) -> dict:
+    """Per-class mean L2 norm of the test features (the statistic that motivates FBL)."""
+    norms = np.linalg.norm(np.asarray(feats, np.float64), axis=1)
+    total = np.bincount(labels, weights=norms, minlength=num_classes)
+    count = np.bincount(labels, minlength=num_classes)
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return {"feature_norm_per_class": [None if np.isnan(v) else float(v) for v in mean]}
+
+
+def save_embedding(path, feats, labels, seed, max_points: int = 2000) -> None:
+    """A 2-D PCA projection of (up to ``max_points``) test features, for the report."""
+    feats = np.asarray(feats, np.float64)
+    pick = np.random.default_rng(seed).permutation(len(feats))[:max_points]
+    x = feats[pick] - feats[pick].mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    np.savez(path, coords=(x @ vt[:2].T).astype(np.float32), labels=np.asarray(labels)[pick])

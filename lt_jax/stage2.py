@@ -1,0 +1,192 @@
+"""Second stages on the frozen stage-1 backbone, one object per ``config.stage2.mode``.
+
+* ``retrain``: re-trains the classifier (GCL's CBEN stage, cRT) on frozen features;
+* ``lws``: learns one scale per class on the stage-1 classifier (Kang et al. 2020);
+* ``tau_norm``: no training, ``w_j / |w_j|^tau`` over a grid of tau;
+* ``none``: no second stage.
+
+Each mode has ``check(config, head, counts, epoch_sizes)`` (run before stage 1 trains,
+so a bad setting fails in seconds, not after hours; ``epoch_sizes(batch_size)`` are the
+input's batch sizes of one epoch) returning the stage-2 method (``None`` if it trains
+nothing), and ``run(trained, ctx, method)`` returning the stage's results.
+Adding a mode is one class and one :data:`MODES` entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lt_jax import evaluation, methods, metrics, models, optim, steps
+from lt_jax.loop import RunContext, Stage, run_stage
+
+
+class Trained(NamedTuple):
+    """Stage 1's outcome, what a second stage starts from."""
+
+    state: dict  # stage 1's train state ({"params", "batch_stats", ...})
+    graphdef: Any
+    head_graphdef: Any
+    head: str  # the classifier kind: "linear" | "cosine"
+    infer: Callable  # (params, batch_stats, split="test") -> (logits, features)
+    prep: steps.Preprocess  # stage 1's preprocessing (its augmentation and normalisation)
+
+
+class NoStage2:
+    trains = False  # no stage-2 steps (no batch size to check)
+
+    def check(self, config, head, counts, epoch_sizes):
+        return None
+
+    def run(self, trained: Trained, ctx: RunContext, method) -> dict | None:
+        return None
+
+
+class Retrain:
+    """Classifier re-training: the stage-1 head copied (or re-initialised with
+    ``reinit_head``) and trained with ``stage2.method`` / ``stage2.sampler``."""
+
+    trains = True
+
+    def check(self, config, head, counts, epoch_sizes) -> methods.Method:
+        s2 = config.stage2
+        spe = len(epoch_sizes(s2.batch_size))
+        method = methods.get_method(s2.method, s2.loss, counts, spe)
+        if method.head != head:
+            raise ValueError(
+                f"stage2.method {s2.method!r} trains a {method.head} head but stage 1 "
+                f"({config.method!r}) built a {head} head; pick a stage-2 method for "
+                f"{head} logits"
+            )
+        return method
+
+    def trainable(self, trained: Trained, config, num_classes: int):
+        head = trained.state["params"]["head"]
+        if not config.stage2.reinit_head:
+            return jax.tree.map(jnp.copy, head)
+        in_features = int(head["kernel"][...].shape[0])
+        fresh = models.HEADS[trained.head](in_features, num_classes, rngs=nnx.Rngs(config.seed + 1))
+        return nnx.state(fresh, nnx.Param)
+
+    def head_logits(self, head_graphdef) -> Callable:
+        """``(frozen_head_params, trainable, feats) -> logits`` inside the step."""
+        return lambda head_params, trainable, feats: nnx.merge(head_graphdef, trainable)(feats)
+
+    def logits(self, trained: Trained, trainable):
+        """Test (logits, features) of the stage-2 classifier."""
+        params = _with_head(trained.state["params"], trainable)
+        return trained.infer(params, trained.state["batch_stats"])
+
+    def run(self, trained: Trained, ctx: RunContext, method) -> dict:
+        config, data = ctx.config, ctx.data
+        s2 = config.stage2
+        spe = len(ctx.input.epoch_sizes(s2.batch_size))
+        frozen = {"params": trained.state["params"], "batch_stats": trained.state["batch_stats"]}
+        trainable = self.trainable(trained, config, data.num_classes)
+        tx, lr_fn = optim.create_optimizer(s2, spe)
+        state = {
+            "trainable": trainable,
+            "opt_state": tx.init(trainable),
+            "step": jnp.zeros((), jnp.int32),
+        }
+        prep = steps.preprocess(s2, trained.prep.augment, trained.prep.mean, trained.prep.std)
+        step2 = steps.jit_step(
+            steps.make_stage2_step(
+                trained.graphdef, self.head_logits(trained.head_graphdef), method, tx, lr_fn, prep
+            ),
+            steps.kernels(config),
+            donate_argnums=(0,),
+        )
+        stage = Stage(
+            name="stage2",
+            step=lambda s, batch, key: step2(s, frozen, batch, key),
+            state=state,
+            sampler=s2.sampler,
+            epochs=s2.epochs,
+            batch_size=s2.batch_size,
+            scores=lambda s: evaluation.predicted(method, *self.logits(trained, s["trainable"])),
+            prob_scale=method.prob_scale,
+        )
+        _, results = run_stage(stage, ctx)
+        results.update(mode=s2.mode, method=s2.method, sampler=s2.sampler)
+        return results
+
+
+class LWS(Retrain):
+    """Learnable weight scaling: logits of the frozen stage-1 head times one learned scale
+    per class (initialised to 1)."""
+
+    def trainable(self, trained: Trained, config, num_classes: int):
+        return jnp.ones((num_classes,), jnp.float32)
+
+    def head_logits(self, head_graphdef) -> Callable:
+        def logits(head_params, scales, feats):
+            return nnx.merge(head_graphdef, head_params)(feats) * scales
+
+        return logits
+
+    def logits(self, trained: Trained, scales):
+        z, f = trained.infer(trained.state["params"], trained.state["batch_stats"])
+        return z * np.asarray(scales), f
+
+
+class TauNorm:
+    """tau-normalised classifiers (Kang et al. 2020) over ``stage2.tau_grid``.
+
+    There is no validation split in the CIFAR/MNIST protocols, so tau is selected by
+    the class-balanced (mean per-class) accuracy on the un-augmented *training*
+    images; every tau's test result is reported too.
+    """
+
+    trains = False
+
+    def check(self, config, head, counts, epoch_sizes):
+        return None
+
+    def run(self, trained: Trained, ctx: RunContext, method) -> dict:
+        params, stats = trained.state["params"], trained.state["batch_stats"]
+        head = params["head"]
+        if "bias" not in head:
+            raise ValueError(
+                "stage2.mode='tau_norm' needs a linear head (a cosine head is already normalised)"
+            )
+        kernel = np.asarray(head["kernel"][...], np.float64)
+        bias = np.asarray(head["bias"][...], np.float64)
+        _, test_feats = trained.infer(params, stats, "test")
+        _, train_feats = trained.infer(params, stats, "train")
+        data = ctx.data
+        norms = np.maximum(np.linalg.norm(kernel, axis=0, keepdims=True), 1e-12)
+        per_tau = []
+        for tau in ctx.config.stage2.tau_grid:
+            w = kernel / norms**tau
+            train_acc = metrics.per_class_accuracy(
+                (train_feats @ w + bias).argmax(1), data.train_labels, data.num_classes
+            )
+            summary = ctx.summarize(test_feats @ w + bias, 1.0)
+            summary.update(tau=float(tau), train_balanced_accuracy=float(np.nanmean(train_acc)))
+            per_tau.append(summary)
+        chosen = max(per_tau, key=lambda s: s["train_balanced_accuracy"])
+        best = max(per_tau, key=lambda s: s["top1"])
+        return {"final": chosen, "best_epoch": best, "per_tau": per_tau, "mode": "tau_norm"}
+
+
+MODES = {"none": NoStage2(), "retrain": Retrain(), "lws": LWS(), "tau_norm": TauNorm()}
+
+
+def mode(config):
+    """The :data:`MODES` object of ``config.stage2.mode``."""
+    name = config.stage2.mode
+    if name not in MODES:
+        raise ValueError(f"unknown stage2.mode {name!r}; valid: {', '.join(MODES)}")
+    return MODES[name]
+
+
+def _with_head(params, head):
+    out = jax.tree.map(lambda x: x, params)  # a new State container, same leaves
+    out["head"] = head
+    return out
