@@ -1,4 +1,4 @@
-"""Thin Orbax wrapper: periodic saves, restore of the latest step, clear errors.
+"""Thin Orbax wrapper: periodic saves, restore of the newest intact step, clear errors.
 
 Kept behind this module so moving to Orbax's v1 ``training.Checkpointer`` is a
 one-file change.
@@ -6,10 +6,15 @@ one-file change.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger("lt_jax.checkpoint")
 
 
 class CheckpointError(RuntimeError):
@@ -31,12 +36,39 @@ class Checkpointer:
         self._manager.save(step, args=ocp.args.StandardSave(state))
 
     def restore(self, state_like, step: int | None = None):
-        """Restores ``step`` (default: latest) with the structure, shapes and shardings of
-        ``state_like``."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"no checkpoint in {self.directory}")
+        """Restores ``step`` with the structure, shapes and shardings of ``state_like``.
+
+        Without ``step``: the newest intact checkpoint. A damaged newer one is skipped with
+        a warning and moved, untouched, to ``<directory>.damaged/`` (so that training on
+        from the older one can save that step again); only when no checkpoint restores is
+        it an error.
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+        if step is not None:
+            return self._restore(step, abstract)
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        errors = []
+        for s in steps:
+            try:
+                state = self._restore(s, abstract)
+            except CheckpointError as e:
+                errors.append(e)
+                continue
+            for damaged, e in zip(steps, errors, strict=False):
+                self._set_aside(damaged, e)
+            return state
+        raise (
+            errors[0]
+            if len(errors) == 1
+            else CheckpointError(
+                f"none of the {len(steps)} checkpoints in {self.directory} restores (newest: "
+                f"{errors[0]}); use a new workdir or delete the checkpoints"
+            )
+        )
+
+    def _restore(self, step: int, abstract):
         try:
             return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # noqa: BLE001 - Orbax raises many types for a bad checkpoint
@@ -46,6 +78,15 @@ class Checkpointer:
                 f"different model/optimizer ({type(e).__name__}: {first[:300]}); "
                 "use a new workdir or delete the checkpoints"
             ) from None
+
+    def _set_aside(self, step: int, error: CheckpointError) -> None:
+        """Moves a damaged step out of the managed directory, keeping every byte."""
+        aside = f"{self.directory}.damaged"
+        os.makedirs(aside, exist_ok=True)
+        target = os.path.join(aside, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        self._manager.reload()
+        log.warning("skipped checkpoint %d (%s); kept it in %s", step, error, target)
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

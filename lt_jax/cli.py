@@ -2,8 +2,54 @@
 
 import logging
 import os
+import re
+import sys
 
 from absl import logging as absl_logging
+
+USAGE = 2  # exit status of a usage error (a bad flag, config argument or setting)
+_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?\w*(?:Error|Exception): (.+)$")
+
+
+def one_line(error) -> str:
+    """The message of ``error`` as one line: the innermost ``XError: message`` line of a
+    wrapped traceback (absl wraps config-file errors in one), whitespace collapsed."""
+    text = str(error).strip() or type(error).__name__
+    if "Failed loading config file" in text:  # ml_collections' deferred missing-file error
+        tried = re.findall(r"\[Errno \d+\] ([^\n]+)", text)
+        why = tried[-1] if tried else text.splitlines()[-1].strip()
+        return f"cannot load the config file: {why} (give the path of a configs/*.py file)"
+    if isinstance(error, AttributeError) and re.fullmatch(r"\W*'?\w+'?\W*", text):
+        key = text.strip("\"' ")
+        return f"the config has no key {key!r}: an --config.{key} override names a setting it lacks"
+    matches = [m.group(1) for line in text.splitlines() if (m := _ERROR_LINE.match(line))]
+    text = matches[-1] if matches else text
+    return " ".join(text.split())[:1000]
+
+
+def fail(prog: str, error, status: int = 1):
+    """Exits with ``prog: error: <one line>`` on stderr."""
+    print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def absl_flags_parser(prog: str):
+    """An ``app.run(..., flags_parser=)`` that turns every flag or config-file mistake into
+    one line and exit status 2, instead of absl's traceback."""
+
+    def parse(argv):
+        from absl import flags
+
+        try:
+            rest = flags.FLAGS(argv)
+            for name in ("config",):  # force ml_collections' deferred config-file errors
+                if name in flags.FLAGS and flags.FLAGS[name].present:
+                    flags.FLAGS[name].value.keys()
+        except Exception as e:  # noqa: BLE001 - every parse error, whatever absl raised
+            fail(prog, e, USAGE)
+        return rest
+
+    return parse
 
 
 def setup_logging():
@@ -15,6 +61,9 @@ def setup_logging():
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    # Orbax's asyncio tasks report an already-reported failure (a full disk, a garbled
+    # checkpoint) again as "exception was never retrieved" tracebacks at exit.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def result_rows(results):

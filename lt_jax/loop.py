@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -62,6 +63,23 @@ def stage_key(seed: int, name: str):
     """The base key of a stage's steps."""
     # Not hash(name): Python salts str hashes per process, which would break reproducibility.
     return jax.random.fold_in(jax.random.key(seed), int(name[-1]))
+
+
+@jax.jit
+def _all_finite(state):
+    leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def save_checked(ckpt, step: int, state, stage: str) -> None:
+    """Saves ``state`` unless any of its floats is NaN/inf: then the run stops, the last good
+    checkpoint kept. Every save goes through here (interval, end of stage, SIGTERM)."""
+    if not bool(_all_finite(state)):
+        raise TrainingError(
+            f"{stage} state is not finite at step {step} (NaN/inf parameters or optimizer "
+            f"state); not saved, the last good checkpoint is kept in {ckpt.directory}"
+        )
+    ckpt.save(step, state)
 
 
 def checked_loss(m, step, epoch, ckpt) -> float:
@@ -129,9 +147,28 @@ def run_stage(stage: Stage, ctx: RunContext) -> tuple[Any, dict]:
     """
     config, data = ctx.config, ctx.data
     sizes = ctx.input.epoch_sizes(stage.batch_size)
+    ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, "checkpoints", stage.name))
+    try:
+        state, history, feats = _train(stage, ctx, ckpt, sizes)
+    finally:
+        ckpt.close()  # waits for a pending save; no Orbax thread outlives the stage
+    if not history:  # resumed after the end: evaluate once
+        scores, feats = stage.scores(state)
+        history.append(ctx.summarize(scores, stage.prob_scale))
+        history[-1]["epoch"] = stage.epochs
+    history[-1].update(evaluation.feature_summary(feats, data.test_labels, data.num_classes))
+    if jax.process_index() == 0:
+        path = os.path.join(ctx.workdir, f"embedding_{stage.name}.npz")
+        evaluation.save_embedding(path, feats, data.test_labels, config.seed)
+    best = max(history, key=lambda h: h["top1"])
+    return state, {"final": history[-1], "best_epoch": best}
+
+
+def _train(stage: Stage, ctx: RunContext, ckpt, sizes):
+    """The epochs of a stage from its latest checkpoint: (state, evaluations, last features)."""
+    config, data = ctx.config, ctx.data
     steps_per_epoch = len(sizes)
     total_steps = steps_per_epoch * stage.epochs
-    ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, "checkpoints", stage.name))
     state = _restore(stage, ctx, ckpt, total_steps)
     key = stage_key(config.seed, stage.name)
     history, feats, m = [], None, None
@@ -156,26 +193,16 @@ def run_stage(stage: Stage, ctx: RunContext) -> tuple[Any, dict]:
             if step % config.log_every_steps == 0 or step == total_steps:
                 progress(m, step, epoch)
             if ctx.preempted():
-                ckpt.save(step, state)
+                save_checked(ckpt, step, state, stage.name)
                 ckpt.wait()
                 raise TrainingError(
                     f"SIGTERM: saved {stage.name} step {step} to {ckpt.directory}; rerun to resume"
                 )
         epoch += 1
         if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
-            checked_loss(m, step, epoch, ckpt)  # never checkpoint NaN parameters
-            ckpt.save(step, state)
+            checked_loss(m, step, epoch, ckpt)  # the step and loss in the message
+            save_checked(ckpt, step, state, stage.name)
         if epoch % config.eval_every_epochs == 0 or step == total_steps:
             feats = _evaluate(stage, ctx, state, step, epoch, history)
     ckpt.wait()
-    ckpt.close()
-    if not history:  # resumed after the end: evaluate once
-        scores, feats = stage.scores(state)
-        history.append(ctx.summarize(scores, stage.prob_scale))
-        history[-1]["epoch"] = stage.epochs
-    history[-1].update(evaluation.feature_summary(feats, data.test_labels, data.num_classes))
-    if jax.process_index() == 0:
-        path = os.path.join(ctx.workdir, f"embedding_{stage.name}.npz")
-        evaluation.save_embedding(path, feats, data.test_labels, config.seed)
-    best = max(history, key=lambda h: h["top1"])
-    return state, {"final": history[-1], "best_epoch": best}
+    return state, history, feats

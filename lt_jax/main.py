@@ -2,7 +2,6 @@
 
 import logging
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -22,8 +21,12 @@ def main(argv):
     cli.keep_host_memory()
     import jax  # after flag parsing and the CPU device setup
 
-    from lt_jax import checkpoint, metrics, train
+    from lt_jax import checkpoint, metrics, preflight, train
 
+    try:
+        preflight.check(config)  # a bad setting: one line and status 2 in seconds
+    except ValueError as e:
+        cli.fail("lt_jax", e, cli.USAGE)
     if os.environ.get("LT_JAX_MULTIHOST"):
         jax.distributed.initialize()
     cli.setup_logging()
@@ -31,12 +34,14 @@ def main(argv):
     log.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError, train.TrainingError, checkpoint.CheckpointError) as e:
-        sys.exit(f"lt_jax: error: {e}")
+    except (ValueError, OSError, train.TrainingError, checkpoint.CheckpointError) as e:
+        cli.fail("lt_jax", e)
     if jax.process_index() == 0:
         print(metrics.format_table(cli.result_rows(results)))
         print(f"results: {os.path.join(FLAGS.workdir, 'results.json')}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from lt_jax import cli
+
+    app.run(main, flags_parser=cli.absl_flags_parser("lt_jax"))

@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 from lt_jax import methods, models, optim
-from lt_jax.data import augment, datasets
+from lt_jax.data import augment
 
 MIXERS = {"mixup": augment.mixup, "cutmix": augment.cutmix}
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -91,8 +91,9 @@ class InitialState(NamedTuple):
     tx: optax.GradientTransformation  # the optimizer, a frozen trunk masked out
 
 
-def init_state(config, num_classes: int, head: str, tx) -> InitialState:
-    """Builds the model (``config.model`` with a ``head`` classifier) and its train state.
+def init_state(config, num_classes: int, head: str, tx, *, input_shape) -> InitialState:
+    """Builds the model (``config.model`` with a ``head`` classifier, for images of
+    ``input_shape`` (H, W, C)) and its train state.
 
     ``tx`` comes back wrapped so that a frozen trunk (Places-LT's ResNet-152) gets
     no update at all. ``config.pretrained`` (a torchvision ``.npz``) initialises
@@ -105,7 +106,7 @@ def init_state(config, num_classes: int, head: str, tx) -> InitialState:
         rngs=nnx.Rngs(config.seed),
         dtype=compute_dtype(config.dtype),
         impl=kernels(config),
-        in_channels=datasets.info(config.dataset.name).in_channels,
+        input_shape=tuple(input_shape),
     )
     if config.pretrained:
         models.load_torchvision_weights(model, config.pretrained)

@@ -13,7 +13,6 @@ import argparse
 import importlib.util
 import logging
 import os
-import sys
 
 
 def load_config(path: str, arg: str):
@@ -35,28 +34,31 @@ def main(argv=None):
     from lt_jax import cli
 
     cli.keep_host_memory()  # before JAX's backend starts (see lt_jax.main)
-    from lt_jax import checkpoint, train
+    from lt_jax import checkpoint, preflight, train
 
     cli.setup_logging()
     log = logging.getLogger("lt_jax")
+    # Every run of the grid is checked before the first one trains.
+    runs = []
     for method in args.methods.split(","):
         for seed in args.seeds.split(","):
             workdir = os.path.join(args.root, f"{method}_s{seed}")
-            if os.path.exists(os.path.join(workdir, "results.json")):
-                log.info("%s: finished, skipped", workdir)
-                continue
             arg = ",".join(filter(None, [f"method={method}", f"seed={seed}", args.args]))
             try:
                 config = load_config(args.config, arg)
-                results = train.train_and_evaluate(config, workdir)
-            except (
-                ValueError,
-                FileNotFoundError,
-                train.TrainingError,
-                checkpoint.CheckpointError,
-            ) as e:
-                sys.exit(f"lt_jax.sweep: {workdir}: error: {e}")
-            log.info("%s: final top-1 %.4f", workdir, results["final"]["top1"])
+                preflight.check(config)
+            except (ValueError, OSError) as e:
+                cli.fail(f"lt_jax.sweep: {workdir}", e, cli.USAGE)
+            runs.append((workdir, config))
+    for workdir, config in runs:
+        if os.path.exists(os.path.join(workdir, "results.json")):
+            log.info("%s: finished, skipped", workdir)
+            continue
+        try:
+            results = train.train_and_evaluate(config, workdir)
+        except (ValueError, OSError, train.TrainingError, checkpoint.CheckpointError) as e:
+            cli.fail(f"lt_jax.sweep: {workdir}", e)
+        log.info("%s: final top-1 %.4f", workdir, results["final"]["top1"])
 
 
 if __name__ == "__main__":

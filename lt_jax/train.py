@@ -13,6 +13,7 @@ batch types), ``optim.factory`` (optimizer), ``steps`` (state, train/eval steps)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -22,10 +23,17 @@ import ml_collections
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lt_jax import config_lib, evaluation, methods, optim, stage2, steps
+from lt_jax import evaluation, methods, optim, preflight, stage2, steps
 from lt_jax.data import datasets, longtail, pipeline
 from lt_jax.loop import RunContext, Stage, run_stage
-from lt_jax.workdir import MetricWriter, TrainingError, check_config, install_sigterm
+from lt_jax.workdir import (
+    MetricWriter,
+    TrainingError,
+    WorkdirLock,
+    check_config,
+    install_sigterm,
+    record_config,
+)
 from lt_jax.workdir import write_results as _write_results
 
 __all__ = ["TrainingError", "train_and_evaluate"]
@@ -37,15 +45,25 @@ def train_and_evaluate(
     """Trains stage 1 (and stage 2 when configured), evaluates, checkpoints.
 
     Returns the results, also written to ``workdir/results.json``. With
-    ``eval_only`` the finished checkpoints are evaluated and nothing is trained.
+    ``eval_only`` the finished checkpoints are evaluated, nothing is trained, and the
+    results go to ``workdir/evaluation.json``. The workdir is locked for the run
+    (``workdir.WorkdirLock``): a second run on it stops at once.
     """
     start_time = time.time()
-    config = config_lib.resolve(config)
+    config = preflight.check(config)  # every mistake knowable without the data, in seconds
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _run(config, workdir, eval_only, start_time)
+
+
+def _run(config, workdir: str, eval_only: bool, start_time: float) -> dict:
     check_config(workdir, config)
     data, kept = datasets.load_dataset(config.dataset)
-    _record_split(workdir, config, kept, data.class_counts)
     second = stage2.mode(config)  # checked before hours of stage 1, with the batch sizes:
     _check_batch_sizes(config, len(data.train_labels), second.trains)
+    if not eval_only:
+        record_config(workdir, config)  # after the data loaded: a typo leaves nothing behind
+    _record_split(workdir, config, kept, data.class_counts)
     mesh = pipeline.create_mesh()
     source = pipeline.make_input(data, mesh, config.dataset, drop_last=config.drop_last)
     ctx = RunContext(
@@ -79,7 +97,8 @@ def train_and_evaluate(
         results["final"], results["best_epoch"] = results2["final"], results2["best_epoch"]
     results["wall_time_s"] = time.time() - start_time
     ctx.writer.close()
-    _write_results(workdir, results)
+    # lt_jax.evaluate writes its own file: the training record (best epoch, wall time) stays.
+    _write_results(workdir, results, "evaluation.json" if eval_only else "results.json")
     return results
 
 
@@ -94,7 +113,9 @@ def train_stage1(ctx: RunContext, method: methods.Method, steps_per_epoch: int):
     tx, lr_fn = optim.create_optimizer(
         config, steps_per_epoch, ga_start_step=method.ga_start_step, num_classes=data.num_classes
     )
-    init = steps.init_state(config, data.num_classes, method.head, tx)
+    init = steps.init_state(
+        config, data.num_classes, method.head, tx, input_shape=source.image_shape
+    )
     info = datasets.info(config.dataset.name)
     prep = steps.preprocess(config, config.dataset.augment, info.mean, info.std)
     eval_step = steps.jit_step(

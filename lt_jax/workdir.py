@@ -1,24 +1,160 @@
-"""A run's workdir: its config record, metric files, results, and the SIGTERM flag.
+"""A run's workdir: its lock, config record, metric files, results, and the SIGTERM flag.
 
-Layout: ``config.json`` (the resolved config; a rerun must match it), ``split.json``
-(``lt_jax.data.longtail``), ``metrics.jsonl`` and ``tensorboard/``, ``checkpoints/<stage>/``,
-``embedding_<stage>.npz``, ``results.json``. Only process 0 writes these files.
+Layout: ``lock`` (while a run holds it), ``config.json`` (the resolved config; a rerun must
+match it), ``split.json`` (``lt_jax.data.longtail``), ``metrics.jsonl`` and ``tensorboard/``,
+``checkpoints/<stage>/`` (damaged ones moved to ``checkpoints/<stage>.damaged/``),
+``embedding_<stage>.npz``, ``results.json`` (training) and ``evaluation.json``
+(``lt_jax.evaluate``). Only process 0 writes these files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import socket
+import threading
+import time
+import uuid
 from typing import Any
 
 import jax
 
 from lt_jax.config_lib import COMPAT_DEFAULTS
 
+log = logging.getLogger("lt_jax.workdir")
+
 
 class TrainingError(RuntimeError):
     """A run that must stop (NaN loss, incompatible workdir, ...), with a one-line message."""
+
+
+class WorkdirLocked(TrainingError):
+    """Another live run holds the workdir."""
+
+
+class WorkdirLock:
+    """``workdir/lock``, held for the life of a run: one run per workdir.
+
+    The file records the holder (host, pid, start time, a random token); the holder touches
+    it every ``heartbeat_s`` from a daemon thread. A lock is stale, and is taken over with a
+    warning, when its process is gone (same host) or its heartbeat is older than
+    ``stale_s`` (any host: a shared filesystem seen from another machine, a frozen
+    process). Creation is atomic (``O_EXCL``); a takeover first renames the stale file away,
+    so of two runs racing for one stale lock only one creates the new lock.
+    """
+
+    def __init__(self, workdir: str, *, heartbeat_s: float = 10.0, stale_s: float = 60.0):
+        self.path = os.path.join(workdir, "lock")
+        self.workdir, self.heartbeat_s, self.stale_s = workdir, heartbeat_s, stale_s
+        self.record = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "token": uuid.uuid4().hex,
+        }
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def acquire(self) -> None:
+        try:
+            os.makedirs(self.workdir, exist_ok=True)
+        except OSError as e:
+            raise TrainingError(f"cannot create workdir {self.workdir}: {e.strerror}") from None
+        for _ in range(3):  # a takeover can race with another run's; retry a few times
+            if self._create():
+                self._thread = threading.Thread(target=self._beat, daemon=True)
+                self._thread.start()
+                return
+            holder, age = self._read()
+            why = self._stale(holder, age)
+            if why is None:
+                raise WorkdirLocked(
+                    f"{self.workdir} is in use by {_describe(holder)} (heartbeat {age:.0f} s "
+                    "ago); wait for that run to end or use another --workdir"
+                )
+            log.warning("taking over the lock of %s: %s", _describe(holder), why)
+            try:
+                os.rename(self.path, f"{self.path}.stale-{self.record['token']}")
+                os.remove(f"{self.path}.stale-{self.record['token']}")
+            except FileNotFoundError:
+                pass  # another run took it over first; look again
+        raise WorkdirLocked(f"could not take over the lock {self.path}; try again")
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise TrainingError(f"cannot write to workdir {self.workdir}: {e.strerror}") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.record, f)
+        return True
+
+    def _read(self):
+        """(holder record or {}, seconds since its heartbeat)."""
+        try:
+            age = time.time() - os.path.getmtime(self.path)
+            with open(self.path) as f:
+                return json.load(f), age
+        except FileNotFoundError:
+            return {}, float("inf")
+        except (OSError, ValueError):  # half-written by a process killed while creating it
+            return {}, age
+
+    def _stale(self, holder: dict, age: float) -> str | None:
+        """Why the lock of ``holder`` is stale, or None if it is held."""
+        if holder.get("host") == self.record["host"] and holder.get("pid"):
+            if not _pid_alive(holder["pid"]):
+                return f"process {holder['pid']} is gone"
+        if age > self.stale_s:
+            return f"no heartbeat for {age:.0f} s"
+        return None
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass  # a full or read-only disk must not kill the run; the lock ages
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        try:
+            with open(self.path) as f:
+                mine = json.load(f).get("token") == self.record["token"]
+            if mine:
+                os.remove(self.path)
+        except (OSError, ValueError):
+            pass
+
+
+def _describe(holder: dict) -> str:
+    if not holder:
+        return "a run whose lock file is unreadable"
+    return f"pid {holder.get('pid')} on {holder.get('host')} (started {holder.get('started')})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _with_compat_keys(old: dict, current: dict) -> dict:
@@ -39,29 +175,44 @@ def _with_compat_keys(old: dict, current: dict) -> dict:
 
 
 def check_config(workdir: str, config) -> None:
-    """Records ``config`` in ``workdir/config.json``, or refuses a workdir holding a run
-    with a different config."""
+    """Refuses a workdir holding a run with a different config (reads only)."""
     path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
     current = json.loads(config.to_json_best_effort())
-    if os.path.exists(path):
+    try:
         with open(path) as f:
             old = _with_compat_keys(json.load(f), current)
-        if old != current:
-            diff = sorted(k for k in set(old) | set(current) if old.get(k) != current.get(k))
-            raise TrainingError(
-                f"{workdir} holds a run with a different config (differs in: "
-                f"{', '.join(diff)}); use a new --workdir"
-            )
-    elif jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(current, f, indent=1, sort_keys=True)
+    except ValueError:
+        raise TrainingError(f"{path} is corrupt; delete it or use a new --workdir") from None
+    if old != current:
+        diff = sorted(k for k in set(old) | set(current) if old.get(k) != current.get(k))
+        raise TrainingError(
+            f"{workdir} holds a run with a different config (differs in: "
+            f"{', '.join(diff)}); use a new --workdir"
+        )
 
 
-def write_results(workdir: str, results: dict) -> None:
+def record_config(workdir: str, config) -> None:
+    """Writes ``workdir/config.json`` if absent (after the data loaded: a run that fails on
+    a typo leaves no config behind to refuse the corrected rerun)."""
+    path = os.path.join(workdir, "config.json")
+    if jax.process_index() == 0 and not os.path.exists(path):
+        write_json(path, json.loads(config.to_json_best_effort()), indent=1, sort_keys=True)
+
+
+def write_json(path: str, value, **kw) -> None:
+    """Atomically (a temporary file renamed): a crash or a full disk never leaves half a
+    file where a good one was."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, **kw)
+    os.replace(tmp, path)
+
+
+def write_results(workdir: str, results: dict, name: str = "results.json") -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f)
+        write_json(os.path.join(workdir, name), results)
 
 
 class MetricWriter:

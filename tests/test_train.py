@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from lt_jax import checkpoint, evaluation, methods, metrics, optim, stage2, steps, train
 from lt_jax.data import datasets, pipeline, samplers
-from lt_jax.workdir import check_config
+from lt_jax.workdir import check_config, record_config
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -87,7 +87,9 @@ def test_eight_devices_equal_one_device():
     tx, lr_fn = optim.create_optimizer(
         config, 15, ga_start_step=method.ga_start_step, num_classes=10
     )
-    state0, graphdef, head_graphdef = steps.init_state(config, 10, method.head, tx)[:3]
+    state0, graphdef, head_graphdef = steps.init_state(
+        config, 10, method.head, tx, input_shape=(28, 28, 1)
+    )[:3]
     args = (state0, graphdef, head_graphdef, method, tx, lr_fn, data)
     one = _one_step(config, jax.devices()[:1], *args)
     eight = _one_step(config, jax.devices(), *args)
@@ -110,11 +112,25 @@ def _final_params(workdir, config):
     data, _ = datasets.load_dataset(config.dataset)
     method = methods.get_method(config.method, config.loss, data.class_counts, 15)
     tx, _ = optim.create_optimizer(config, 15, ga_start_step=method.ga_start_step, num_classes=10)
-    state = steps.init_state(config, 10, method.head, tx)[0]
+    state = steps.init_state(config, 10, method.head, tx, input_shape=(28, 28, 1))[0]
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints", "stage1"))
     restored = ckpt.restore(state)
     ckpt.close()
     return restored
+
+
+def sigterm_at_step(n):
+    """A stand-in for ``install_sigterm`` whose flag rises after the ``n``-th step."""
+    calls = {"n": 0}
+
+    def install():
+        def preempted():
+            calls["n"] += 1
+            return calls["n"] == n
+
+        return preempted
+
+    return install
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
@@ -127,16 +143,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert len(sizes) == 16 and sizes[:15] == [64] * 15 and 0 < sizes[-1] < 64
     # Preempt mid-epoch 1 (step 20 of 32): the SIGTERM path saves and stops; the resumed
     # run goes through epoch 1's partial batch.
-    calls = {"n": 0}
-
-    def fake_sigterm():
-        def preempted():
-            calls["n"] += 1
-            return calls["n"] == 20
-
-        return preempted
-
-    monkeypatch.setattr(train, "install_sigterm", fake_sigterm)
+    monkeypatch.setattr(train, "install_sigterm", sigterm_at_step(20))
     with pytest.raises(train.TrainingError, match="SIGTERM: saved stage1 step 20"):
         train.train_and_evaluate(config, str(tmp_path / "b"))
     monkeypatch.undo()
@@ -217,7 +224,7 @@ def test_nan_loss_stops_with_step(tmp_path):
 
 
 def test_workdir_with_other_config_is_refused(tmp_path):
-    check_config(str(tmp_path), tiny("ce"))
+    record_config(str(tmp_path), tiny("ce"))
     with pytest.raises(train.TrainingError, match="different config .*method"):
         check_config(str(tmp_path), tiny("gcl"))
 
@@ -251,7 +258,9 @@ def test_stage2_freezes_backbone_and_uses_inference_batchnorm():
     data, _ = datasets.load_dataset(config.dataset)
     m1 = methods.get_method(config.method, config.loss, data.class_counts, 15)
     tx1, _ = optim.create_optimizer(config, 15, num_classes=10)
-    stage1, graphdef, head_graphdef, _ = steps.init_state(config, 10, m1.head, tx1)
+    stage1, graphdef, head_graphdef, _ = steps.init_state(
+        config, 10, m1.head, tx1, input_shape=(28, 28, 1)
+    )
     # Give the BatchNorm statistics non-trivial values, so inference vs batch mode differs.
     stats = jax.tree.map(lambda v: v + 0.3, stage1["batch_stats"])
     frozen = {"params": stage1["params"], "batch_stats": stats}
@@ -395,7 +404,7 @@ def test_workdir_from_before_config_kernels_resumes(tmp_path):
     """A run written before config.kernels existed ran the default kernels: it resumes with
     kernels=auto and is refused with any other choice."""
     config = tiny("ce")
-    check_config(str(tmp_path), config)
+    record_config(str(tmp_path), config)
     path = tmp_path / "config.json"
     old = json.loads(path.read_text())
     del old["kernels"]
@@ -471,7 +480,7 @@ def test_workdir_from_before_drop_last_and_split_protocol_resumes(tmp_path):
     and split per class: they resume under exactly those settings, nothing else."""
     config = tiny("ce")
     config.drop_last = True
-    check_config(str(tmp_path), config)
+    record_config(str(tmp_path), config)
     path = tmp_path / "config.json"
     old = json.loads(path.read_text())
     del old["drop_last"], old["dataset"]["split_protocol"], old["dataset"]["allow_constant_images"]

@@ -49,14 +49,13 @@ class DatasetInfo:
     ``load(cfg)`` reads the full source (in memory: an ``ArrayDataset`` to subsample;
     streamed: the ``StreamDataset`` of its split lists). ``n_max`` is the head-class count
     of the ``per_class`` long-tailed profile (0: the source's own); ``mean``/``std``
-    normalise the images on the device; ``in_channels`` is what the model is built for.
+    normalise the images on the device (one value per channel).
     """
 
     load: Callable[..., sources.ArrayDataset | StreamDataset]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     n_max: int = 0
-    in_channels: int = 3
     streamed: bool = False
 
 
@@ -104,9 +103,7 @@ _CIFAR100_MEAN, _CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.276
 _STREAMED = dict(load=_split_lists, mean=IMAGENET_MEAN, std=IMAGENET_STD, streamed=True)
 
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist_lt": DatasetInfo(
-        lambda cfg: sources.load_mnist_5k(), (0.1307,), (0.3081,), n_max=400, in_channels=1
-    ),
+    "mnist_lt": DatasetInfo(lambda cfg: sources.load_mnist_5k(), (0.1307,), (0.3081,), n_max=400),
     "cifar10_lt": DatasetInfo(_cifar, augment.CIFAR_MEAN, augment.CIFAR_STD, n_max=5000),
     "cifar100_lt": DatasetInfo(_cifar, _CIFAR100_MEAN, _CIFAR100_STD, n_max=500),
     # root/{train,test}/<class>/*, normalised with the CIFAR statistics.

@@ -90,6 +90,7 @@ class InMemoryInput:
             "test": jax.device_put(data.test_images, rep),
         }
         self.labels = jax.device_put(data.train_labels, rep)
+        self.image_shape = tuple(data.train_images.shape[1:])  # (H, W, C)
 
     def epoch_sizes(self, batch_size: int) -> list[int]:
         return epoch_sizes(len(self.data.train_labels), batch_size, drop_last=self.drop_last)
@@ -118,6 +119,7 @@ class StreamedInput:
 
     def __init__(self, data: datasets.StreamDataset, mesh, *, size: int = 224, resize: int = 256):
         self.data, self.mesh, self.size, self.resize = data, mesh, size, resize
+        self.image_shape = (size, size, 3)  # decoded to RGB, cropped to size
 
     def epoch_sizes(self, batch_size: int) -> list[int]:
         return epoch_sizes(len(self.data.train_labels), batch_size, drop_last=True)

@@ -6,6 +6,8 @@ registry lists the valid names in its error message.
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 from flax import nnx
 
@@ -47,12 +49,32 @@ def frozen_param_labels(model, params):
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def create_model(name: str, *, num_classes: int, head: str = "linear", rngs: nnx.Rngs, **kw):
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    head: str = "linear",
+    rngs: nnx.Rngs,
+    input_shape: tuple[int, int, int] | None = None,
+    **kw,
+):
+    """Model ``name`` with a ``head`` classifier of ``num_classes``.
+
+    ``input_shape`` (H, W, C) adapts the model to the data: every model takes C input
+    channels; models with a fixed-size dense layer (the small CNN) also take the spatial
+    size (their ``image_size`` argument), the ResNets pool globally and take any size.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; valid: {', '.join(sorted(HEADS))}")
-    return MODELS[name](num_classes=num_classes, head=head, rngs=rngs, **kw)
+    build = MODELS[name]
+    if input_shape is not None:
+        kw["in_channels"] = int(input_shape[-1])
+        init = build.__init__ if isinstance(build, type) else build  # nnx hides class signatures
+        if "image_size" in inspect.signature(init).parameters:
+            kw["image_size"] = int(input_shape[0])
+    return build(num_classes=num_classes, head=head, rngs=rngs, **kw)
 
 
 __all__ = [

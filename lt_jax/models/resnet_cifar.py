@@ -129,7 +129,8 @@ def resnet32(*, num_classes: int, head: str = "linear", rngs: nnx.Rngs, **kw):
 
 
 class SmallCNN(nnx.Module):
-    """conv32-bn-relu-pool, conv64-bn-relu-pool, dense128-bn-relu, head: for 28x28 MNIST-LT."""
+    """conv32-bn-relu-pool, conv64-bn-relu-pool, dense128-bn-relu, head: for 28x28 MNIST-LT
+    (``image_size`` x ``image_size`` images with ``in_channels`` channels in general)."""
 
     def __init__(
         self,
@@ -137,6 +138,7 @@ class SmallCNN(nnx.Module):
         num_classes: int,
         head: str = "linear",
         in_channels: int = 1,
+        image_size: int = 28,
         dtype=None,
         impl: str | None = None,
         rngs,
@@ -154,7 +156,8 @@ class SmallCNN(nnx.Module):
         self.bn2 = _bn(64, rngs, dtype)
         # BatchNorm before the feature ReLU, as in the ResNets: without it the 128 feature
         # units can all die, and FBL's 1/|f| stimulus then diverges (seen on MNIST-LT).
-        self.dense = nnx.Linear(64 * 7 * 7, 128, use_bias=False, dtype=dtype, rngs=rngs)
+        pooled = image_size // 4  # two 2x2 max-pools
+        self.dense = nnx.Linear(64 * pooled**2, 128, use_bias=False, dtype=dtype, rngs=rngs)
         self.bn3 = _bn(128, rngs, dtype)
         self.head = HEADS[head](128, num_classes, rngs=rngs)
 
