@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/throughput.py [--batch 128] [--steps 10] [--rounds 3]
            [--kernels auto|xla|cpu] [--compiler-options auto|none] [--host-memory keep|default]
+           [--seeds 1,2,4,8]
        (needs the [bench] extra: pip install -e '.[bench]')
 
 Both sides run forward + backward + SGD-momentum (wd 2e-4) on random 32x32x3 batches of
@@ -48,7 +49,7 @@ print(json.dumps(step.images_per_second({steps}, rounds=2)))
 class JaxStep:
     """lt_jax's functional train step on a ResNet-32 with a batch of random images."""
 
-    def __init__(self, batch: int, devices=None, impl="auto", options="auto"):
+    def __init__(self, batch: int, devices=None, impl="auto", options="auto", seeds: int = 1):
         import jax
         import jax.numpy as jnp
         import optax
@@ -80,16 +81,22 @@ class JaxStep:
         )
         self.mesh = pipeline.create_mesh(devices)
         rep = NamedSharding(self.mesh, P())
-        self.state = jax.device_put(state, rep)
         rng = np.random.default_rng(0)
-        self.batch_arrays = pipeline.ImageBatch(  # host-augmented: the step only normalises
-            pipeline.shard_batch(
-                self.mesh, rng.integers(0, 255, (batch, 32, 32, 3), dtype=np.uint8)
-            ),
-            pipeline.shard_batch(self.mesh, rng.integers(0, 10, batch).astype(np.int32)),
-        )
+        # K seeds: K stacked states and K different batches through one vmapped step, as
+        # config.num_seeds trains them (lt_jax.steps.over_seeds).
+        lead = (seeds,) if seeds > 1 else ()
+        images = rng.integers(0, 255, (*lead, batch, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, (*lead, batch)).astype(np.int32)
         self.key = jax.random.key(0)
-        self.batch = batch
+        if seeds > 1:
+            state = jax.tree.map(lambda x: jnp.stack([x] * seeds), state)
+            fn = steps.over_seeds(fn, (0, "batch", 0))
+            self.key = jax.random.split(self.key, seeds)
+        self.state = jax.device_put(state, rep)
+        shard = lambda x: pipeline.shard_batch(self.mesh, x, seed_axis=seeds > 1)  # noqa: E731
+        # Host-augmented images: the step only normalises.
+        self.batch_arrays = pipeline.ImageBatch(shard(images), shard(labels))
+        self.batch = batch * seeds
         self.impl = model.impl
         # kernels "xla" = jax.jit without compiler options; None = the backend's options.
         kernels = "xla" if options == "none" else None
@@ -178,12 +185,35 @@ def scaling_line(batch: int, steps: int, impl, options, keep=True, counts=(1, 2,
     return out
 
 
+def seeds_line(args, counts) -> None:
+    """K seeds in one program against one seed: aggregate images/s, seconds per step, and
+    the cost per seed relative to K separate runs."""
+    base = None
+    for k in counts:
+        step = JaxStep(args.batch, impl=args.kernels, options=args.compiler_options, seeds=k)
+        rate = step.images_per_second(args.steps, rounds=args.rounds)
+        per_step = step.batch / rate
+        base = base or (per_step if k == 1 else None)
+        rel = f", {per_step / base:.2f}x the step time of K=1 ({k} separate runs: {k:.2f}x)"
+        print(
+            f"seeds K={k:2d}, batch {args.batch}: {rate:8.1f} images/s in all, "
+            f"{per_step * 1e3:7.1f} ms/step (compile {step.compile_s:.1f} s)"
+            + (rel if base else "")
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument(
+        "--seeds",
+        default="",
+        help="comma-separated seed counts K (e.g. 1,2,4,8): K seeds in one vmapped step "
+        "(config.num_seeds) against K=1, aggregate images/s and seconds per step",
+    )
     parser.add_argument("--kernels", choices=("auto", "xla", "cpu"), default="auto")
     parser.add_argument("--compiler-options", choices=("auto", "none"), default="auto")
     parser.add_argument(
@@ -204,6 +234,8 @@ def main():
         f"host: {platform.machine()} {cores} cores; jax {jax.__version__} "
         f"({jax.device_count()} x {jax.devices()[0].platform}); host memory kept: {kept}"
     )
+    if args.seeds:
+        return seeds_line(args, [int(k) for k in args.seeds.split(",")])
     ours = JaxStep(args.batch, impl=args.kernels, options=args.compiler_options)
     try:
         # PyTorch on the GPU when JAX runs on one (and torch was built with CUDA).

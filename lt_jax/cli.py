@@ -76,7 +76,22 @@ def result_rows(results):
             rows[f"{stage} final (ep {r['final'].get('epoch', '-')}){tag}"] = r["final"]
             if "epoch" in r["best_epoch"]:
                 rows[f"{stage} best epoch ({r['best_epoch']['epoch']})"] = r["best_epoch"]
+            agg = r.get("aggregate", {})
+            if len(agg.get("seeds", ())) > 1:  # several seeds: the first one's rows, then these
+                n = len(agg["seeds"])
+                for part, name in (("final", "final"), ("best_epoch", "best ep.")):
+                    stat = agg[part]
+                    rows[f"{stage} {name} mean/{n}"] = _stat(stat, "mean", r["final"])
+                    rows[f"{stage} {name} std"] = _stat(stat, "std", r["final"])
     return rows
+
+
+def _stat(stat: dict, which: str, like: dict) -> dict:
+    """A table row of the mean or standard deviation of each aggregated metric."""
+    return {
+        **{k: v[which] for k, v in stat.items()},
+        "shot_convention": like.get("shot_convention", "paper"),
+    }
 
 
 def host_cores() -> int:

@@ -43,6 +43,7 @@ COMPAT_DEFAULTS = {
     "drop_last": True,
     "dataset.split_protocol": "per_class",
     "dataset.allow_constant_images": False,
+    "num_seeds": 1,
 }
 
 # Intervals whose 0 means "auto": max(1, epochs // evals_per_run).
@@ -110,6 +111,9 @@ def base_config():
     """Fields every config has; dataset files fill them in."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Seeds seed, seed + 1, ..., seed + num_seeds - 1 trained together by one vmapped step
+    # (in-memory datasets): per-seed results and their mean / sample std in results.json.
+    c.num_seeds = 1
     c.dataset = ml_collections.ConfigDict(
         dict(
             name="mnist_lt",

@@ -12,7 +12,8 @@ from lt_jax import metrics
 
 
 def evaluate(eval_step, params, batch_stats, batches):
-    """Logits [N, C] and features [N, D] of every example, each counted once.
+    """Logits [N, C] and features [N, D] of every example, each counted once ([K, N, C]
+    and [K, N, D] from a step vmapped over K seeds).
 
     ``batches`` yields ``(batch, mask)``: a batch of global arrays and the host-side
     global mask of its real (not padding) rows.
@@ -20,8 +21,8 @@ def evaluate(eval_step, params, batch_stats, batches):
     logits, feats, pending = [], [], None
 
     def fetch(outputs, mask):
-        logits.append(np.asarray(outputs[0])[mask])
-        feats.append(np.asarray(outputs[1])[mask])
+        logits.append(np.compress(mask, np.asarray(outputs[0]), axis=-2))
+        feats.append(np.compress(mask, np.asarray(outputs[1]), axis=-2))
 
     for batch, mask in batches:
         # Dispatch batch i before waiting for batch i-1, so the device never idles on the host.
@@ -31,7 +32,7 @@ def evaluate(eval_step, params, batch_stats, batches):
         pending = (outputs, mask)
     if pending is not None:
         fetch(*pending)
-    return np.concatenate(logits), np.concatenate(feats)
+    return np.concatenate(logits, axis=-2), np.concatenate(feats, axis=-2)
 
 
 def predicted(method, logits, feats):
@@ -69,3 +70,38 @@ def save_embedding(path, feats, labels, seed, max_points: int = 2000) -> None:
     x = feats[pick] - feats[pick].mean(axis=0)
     _, _, vt = np.linalg.svd(x, full_matrices=False)
     np.savez(path, coords=(x @ vt[:2].T).astype(np.float32), labels=np.asarray(labels)[pick])
+
+
+AGGREGATED = ("top1", "many", "medium", "few", "ece")
+
+
+def seed_results(seeds, finals, bests, diverged=()) -> dict:
+    """A stage's results over its seeds: the first seed's ``final`` / ``best_epoch`` (what
+    a single run writes), ``per_seed`` (``seed``, ``final``, ``best_epoch``, ``diverged``)
+    and their ``aggregate``."""
+    per_seed = [
+        {"seed": int(s), "final": f, "best_epoch": b, "diverged": s in diverged}
+        for s, f, b in zip(seeds, finals, bests, strict=True)
+    ]
+    return {
+        "final": finals[0],
+        "best_epoch": bests[0],
+        "per_seed": per_seed,
+        "aggregate": aggregate(per_seed),
+    }
+
+
+def aggregate(per_seed) -> dict:
+    """Mean and sample standard deviation (n - 1; None below two seeds) of the final and
+    best-epoch metrics over the seeds that did not diverge."""
+    kept = [r for r in per_seed if not r["diverged"]]
+    out = {"seeds": [r["seed"] for r in kept], "diverged": [r["seed"] for r in per_seed
+           if r["diverged"]]}  # fmt: skip
+    for part in ("final", "best_epoch"):
+        out[part] = {}
+        for key in AGGREGATED:
+            values = [r[part][key] for r in kept if r[part].get(key) is not None]
+            mean = float(np.mean(values)) if values else None
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            out[part][key] = {"mean": mean, "std": std}
+    return out

@@ -8,8 +8,8 @@ function of (seed, epoch), the step's randomness of the step number).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -51,12 +52,17 @@ class Stage(NamedTuple):
 
     name: str  # "stage1" / "stage2": checkpoint folder and metric prefix
     step: Callable  # jitted (state, batch, key) -> (state, metrics)
-    state: Any
+    state: Any  # one seed's state, or K seeds' stacked on a leading axis
     sampler: str
     epochs: int
     batch_size: int
-    scores: Callable  # state -> (test scores [N, C], test features [N, D])
+    scores: Callable  # state -> (test scores [(K,) N, C], test features [(K,) N, D])
     prob_scale: float
+    seeds: tuple[int, ...]  # one seed: the plain program; several: stacked and vmapped
+
+    @property
+    def stacked(self) -> bool:
+        return len(self.seeds) > 1
 
 
 def stage_key(seed: int, name: str):
@@ -65,32 +71,73 @@ def stage_key(seed: int, name: str):
     return jax.random.fold_in(jax.random.key(seed), int(name[-1]))
 
 
-@jax.jit
-def _all_finite(state):
+@functools.partial(jax.jit, static_argnames="stacked")
+def _finite_per_seed(state, stacked: bool):
+    """[K] bools: every float of each seed's state is finite ([1] for one seed)."""
     leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    if not stacked:
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))[None]
+    per_leaf = [jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1) for x in leaves]
+    return jnp.all(jnp.stack(per_leaf), axis=0)
 
 
-def save_checked(ckpt, step: int, state, stage: str) -> None:
-    """Saves ``state`` unless any of its floats is NaN/inf: then the run stops, the last good
-    checkpoint kept. Every save goes through here (interval, end of stage, SIGTERM)."""
-    if not bool(_all_finite(state)):
-        raise TrainingError(
-            f"{stage} state is not finite at step {step} (NaN/inf parameters or optimizer "
-            f"state); not saved, the last good checkpoint is kept in {ckpt.directory}"
-        )
-    ckpt.save(step, state)
+class Health:
+    """NaN/inf detection of a stage's seeds.
+
+    One seed: a NaN/inf loss or state stops the run (the last good checkpoint kept). Several
+    seeds: a seed that diverges is reported once and marked in the results, the others go
+    on; only when every seed has diverged does the run stop. A save never writes a
+    non-finite seed that is not marked (``save``: interval, end of stage, SIGTERM).
+    """
+
+    def __init__(self, stage: Stage, ckpt):
+        self.stage, self.ckpt = stage, ckpt
+        self.diverged: set[int] = set()
+
+    def _mark(self, bad, what: str, where: str) -> None:
+        seeds = self.stage.seeds
+        if not self.stage.stacked and bad[0]:
+            raise TrainingError(
+                f"{what} at {where}; stopped, the last good checkpoint is kept in "
+                f"{self.ckpt.directory}"
+            )
+        new = [s for s, b in zip(seeds, bad, strict=True) if b and s not in self.diverged]
+        for s in new:
+            log.warning("%s: seed %d diverged (%s at %s); marked, the others go on",
+                        self.stage.name, s, what, where)  # fmt: skip
+        self.diverged.update(new)
+        if len(self.diverged) == len(seeds):
+            raise TrainingError(
+                f"every seed diverged ({what} at {where}); stopped, the last good checkpoint "
+                f"is kept in {self.ckpt.directory}"
+            )
+
+    def loss(self, m, step: int, epoch: int) -> float:
+        """The step's loss (the mean over the seeds that have not diverged)."""
+        losses = np.atleast_1d(np.asarray(m["loss"], np.float64))
+        bad = ~np.isfinite(losses)
+        what = f"loss is {losses[bad][0]}" if bad.any() else ""
+        self._mark(bad, what, f"step {step} (epoch {epoch})")
+        return float(np.mean(losses[~bad]))
+
+    def restored(self, state) -> None:
+        finite = np.asarray(_finite_per_seed(state, self.stage.stacked))
+        self.diverged = {s for s, f in zip(self.stage.seeds, finite, strict=True) if not f}
+
+    def save(self, step: int, state) -> None:
+        finite = np.asarray(_finite_per_seed(state, self.stage.stacked))
+        if not self.stage.stacked and not finite[0]:
+            raise TrainingError(
+                f"{self.stage.name} state is not finite at step {step} (NaN/inf parameters or "
+                f"optimizer state); not saved, the last good checkpoint is kept in "
+                f"{self.ckpt.directory}"
+            )
+        self._mark(~finite, "non-finite state", f"step {step}")
+        self.ckpt.save(step, state)
 
 
-def checked_loss(m, step, epoch, ckpt) -> float:
-    """The step's loss as a float; a NaN/inf loss stops the run (no checkpoint of it)."""
-    loss = float(m["loss"])
-    if not math.isfinite(loss):
-        raise TrainingError(
-            f"loss is {loss} at step {step} (epoch {epoch}); stopped, the last good "
-            f"checkpoint is kept in {ckpt.directory}"
-        )
-    return loss
+def _step_of(state) -> int:
+    return int(np.asarray(state["step"]).reshape(-1)[0])
 
 
 def _restore(stage: Stage, ctx: RunContext, ckpt, total_steps: int):
@@ -98,8 +145,8 @@ def _restore(stage: Stage, ctx: RunContext, ckpt, total_steps: int):
     state = jax.device_put(stage.state, replicated)
     if ckpt.latest_step() is not None:
         state = jax.device_put(ckpt.restore(state), replicated)
-        log.info("%s: resumed from step %d", stage.name, int(state["step"]))
-    if ctx.eval_only and int(state["step"]) != total_steps:
+        log.info("%s: resumed from step %d", stage.name, _step_of(state))
+    if ctx.eval_only and _step_of(state) != total_steps:
         raise checkpoint.CheckpointError(
             f"{ckpt.directory} has no finished {stage.name} checkpoint (found step "
             f"{ckpt.latest_step()}, the run has {total_steps} steps); train it first"
@@ -110,16 +157,16 @@ def _restore(stage: Stage, ctx: RunContext, ckpt, total_steps: int):
 class _Progress:
     """The periodic progress line and train metrics."""
 
-    def __init__(self, stage, ctx, ckpt, step, total_steps, per_step):
-        self.stage, self.ctx, self.ckpt = stage, ctx, ckpt
-        self.total_steps, self.per_step = total_steps, per_step
+    def __init__(self, stage, ctx, health, step, total_steps, per_step):
+        self.stage, self.ctx, self.health = stage, ctx, health
+        self.total_steps, self.per_step = total_steps, per_step * len(stage.seeds)
         self.start_time, self.start_step = time.time(), step
 
     def __call__(self, m, step, epoch):
-        loss = checked_loss(m, step, epoch, self.ckpt)
+        loss = self.health.loss(m, step, epoch)
         rate = (step - self.start_step) * self.per_step / (time.time() - self.start_time)
         eta = (self.total_steps - step) * self.per_step / max(rate, 1e-9)
-        name, lr = self.stage.name, float(m["lr"])
+        name, lr = self.stage.name, float(np.asarray(m["lr"]).reshape(-1)[0])
         log.info(
             "%s epoch %d step %d/%d loss %.4f lr %.5f %.0f img/s ETA %.0fs",
             *(name, epoch, step, self.total_steps, loss, lr, rate, eta),
@@ -127,63 +174,101 @@ class _Progress:
         self.ctx.writer.write(step, {f"{name}/train/loss": loss, f"{name}/train/lr": lr})
 
 
-def _evaluate(stage, ctx, state, step, epoch, history):
+def _summaries(stage, ctx, scores) -> list[dict]:
+    """One test summary per seed."""
+    per_seed = scores if stage.stacked else [scores]
+    return [ctx.summarize(s, stage.prob_scale) for s in per_seed]
+
+
+def _evaluate(stage, ctx, state, step, epoch, history, health):
     scores, feats = stage.scores(state)
-    summary = ctx.summarize(scores, stage.prob_scale)
-    summary["epoch"] = epoch
-    history.append(summary)
-    ctx.writer.write(
-        step, {f"{stage.name}/test/{k}": summary[k] for k in ("top1", "many", "medium", "few")}
-    )
-    log.info("%s epoch %d test top1 %.4f", stage.name, epoch, summary["top1"])
+    summaries = _summaries(stage, ctx, scores)
+    for s in summaries:
+        s["epoch"] = epoch
+    history.append(summaries)
+    keys = ("top1", "many", "medium", "few")
+    kept = [s for seed, s in zip(stage.seeds, summaries, strict=True)
+            if seed not in health.diverged] or summaries  # fmt: skip
+    mean = {k: _mean([s[k] for s in kept]) for k in keys}
+    values = {f"{stage.name}/test/{k}": mean[k] for k in keys}
+    if stage.stacked:
+        for seed, s in zip(stage.seeds, summaries, strict=True):
+            values.update({f"{stage.name}/test/{k}/seed{seed}": s[k] for k in keys})
+    ctx.writer.write(step, values)
+    if stage.stacked:
+        top = [s["top1"] for s in kept]
+        log.info("%s epoch %d test top1 %.4f (mean of %d seeds, %.4f to %.4f)",
+                 stage.name, epoch, mean["top1"], len(kept), min(top), max(top))  # fmt: skip
+    else:
+        log.info("%s epoch %d test top1 %.4f", stage.name, epoch, mean["top1"])
     return feats
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def run_stage(stage: Stage, ctx: RunContext) -> tuple[Any, dict]:
     """Trains ``stage`` to its last epoch (resuming from its checkpoints) and evaluates it.
 
-    Returns ``(state, {"final": ..., "best_epoch": ...})``; the final entry also holds the
-    per-class feature norms, and ``embedding_<stage>.npz`` the test features' PCA.
+    Returns ``(state, results)``: ``evaluation.seed_results`` of the stage's seeds (the
+    first seed's ``final`` and ``best_epoch``, ``per_seed``, ``aggregate``); each final
+    entry also holds the per-class feature norms, and ``embedding_<stage>.npz`` the first
+    seed's test features' PCA.
     """
     config, data = ctx.config, ctx.data
     sizes = ctx.input.epoch_sizes(stage.batch_size)
     ckpt = checkpoint.Checkpointer(os.path.join(ctx.workdir, "checkpoints", stage.name))
+    health = Health(stage, ckpt)
     try:
-        state, history, feats = _train(stage, ctx, ckpt, sizes)
+        state, history, feats = _train(stage, ctx, ckpt, sizes, health)
     finally:
         ckpt.close()  # waits for a pending save; no Orbax thread outlives the stage
     if not history:  # resumed after the end: evaluate once
         scores, feats = stage.scores(state)
-        history.append(ctx.summarize(scores, stage.prob_scale))
-        history[-1]["epoch"] = stage.epochs
-    history[-1].update(evaluation.feature_summary(feats, data.test_labels, data.num_classes))
+        history.append(_summaries(stage, ctx, scores))
+        for s in history[-1]:
+            s["epoch"] = stage.epochs
+    feats = feats if stage.stacked else feats[None]
+    finals, bests = [], []
+    for k in range(len(stage.seeds)):
+        final = history[-1][k]
+        final.update(evaluation.feature_summary(feats[k], data.test_labels, data.num_classes))
+        finals.append(final)
+        bests.append(max((h[k] for h in history), key=lambda h: h["top1"]))
     if jax.process_index() == 0:
         path = os.path.join(ctx.workdir, f"embedding_{stage.name}.npz")
-        evaluation.save_embedding(path, feats, data.test_labels, config.seed)
-    best = max(history, key=lambda h: h["top1"])
-    return state, {"final": history[-1], "best_epoch": best}
+        evaluation.save_embedding(path, feats[0], data.test_labels, config.seed)
+    return state, evaluation.seed_results(stage.seeds, finals, bests, health.diverged)
 
 
-def _train(stage: Stage, ctx: RunContext, ckpt, sizes):
+def _train(stage: Stage, ctx: RunContext, ckpt, sizes, health: Health):
     """The epochs of a stage from its latest checkpoint: (state, evaluations, last features)."""
     config, data = ctx.config, ctx.data
     steps_per_epoch = len(sizes)
     total_steps = steps_per_epoch * stage.epochs
     state = _restore(stage, ctx, ckpt, total_steps)
-    key = stage_key(config.seed, stage.name)
-    history, feats, m = [], None, None
-    step = int(state["step"])
-    progress = _Progress(stage, ctx, ckpt, step, total_steps, sum(sizes) / steps_per_epoch)
+    health.restored(state)
+    keys = [stage_key(s, stage.name) for s in stage.seeds]
+    key = jnp.stack(keys) if stage.stacked else keys[0]
+    history, feats = [], None
+    step = _step_of(state)
+    progress = _Progress(stage, ctx, health, step, total_steps, sum(sizes) / steps_per_epoch)
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
-        order = samplers.epoch_indices(
-            stage.sampler,
-            data.train_labels,
-            seed=config.seed,
-            epoch=epoch,
-            num_classes=data.num_classes,
-            total_epochs=stage.epochs,
-        )
+        orders = [
+            samplers.epoch_indices(
+                stage.sampler,
+                data.train_labels,
+                seed=seed,
+                epoch=epoch,
+                num_classes=data.num_classes,
+                total_epochs=stage.epochs,
+            )
+            for seed in stage.seeds
+        ]
+        order = np.stack(orders) if stage.stacked else orders[0]
         batches = ctx.input.train(
             order, epoch=epoch, start_batch=offset, sizes=sizes, seed=config.seed
         )
@@ -193,16 +278,16 @@ def _train(stage: Stage, ctx: RunContext, ckpt, sizes):
             if step % config.log_every_steps == 0 or step == total_steps:
                 progress(m, step, epoch)
             if ctx.preempted():
-                save_checked(ckpt, step, state, stage.name)
+                health.save(step, state)
                 ckpt.wait()
                 raise TrainingError(
                     f"SIGTERM: saved {stage.name} step {step} to {ckpt.directory}; rerun to resume"
                 )
         epoch += 1
         if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
-            checked_loss(m, step, epoch, ckpt)  # the step and loss in the message
-            save_checked(ckpt, step, state, stage.name)
+            health.loss(m, step, epoch)  # names the step and loss of a NaN
+            health.save(step, state)
         if epoch % config.eval_every_epochs == 0 or step == total_steps:
-            feats = _evaluate(stage, ctx, state, step, epoch, history)
+            feats = _evaluate(stage, ctx, state, step, epoch, history, health)
     ckpt.wait()
     return state, history, feats

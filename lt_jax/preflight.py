@@ -22,7 +22,7 @@ KERNELS = ("auto", *models.kernels.IMPLEMENTATIONS)
 
 def _choice(key: str, value, valid) -> None:
     if value not in valid:
-        raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(sorted(valid))}")
+        raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
 
 
 def _positive(key: str, value) -> None:
@@ -49,7 +49,7 @@ def check(config):
     """The resolved config, or ``ValueError`` naming the first mistake."""
     config = config_lib.resolve(config)
     _stage(config, "")
-    for key in ("eval_batch_size", "log_every_steps", "eval_every_epochs"):
+    for key in ("eval_batch_size", "log_every_steps", "eval_every_epochs", "num_seeds"):
         _positive(key, config[key])
     _positive("checkpoint_every_epochs", config.checkpoint_every_epochs)
     d = config.dataset
@@ -57,6 +57,11 @@ def check(config):
     _choice("config.dataset.profile", d.profile, (*longtail.PROFILES, "none"))
     _choice("config.dataset.split_protocol", d.split_protocol, longtail.SPLIT_PROTOCOLS)
     _choice("config.dataset.augment", d.augment, AUGMENTATIONS)
+    if config.num_seeds > 1 and datasets.DATASETS[d.name].streamed:
+        raise ValueError(
+            f"config.num_seeds={config.num_seeds} needs an in-memory dataset; {d.name} is "
+            "streamed from disk: run one seed per process (lt_jax.sweep --seeds)"
+        )
     _choice("model", config.model, models.MODELS)
     _choice("config.kernels", config.kernels, KERNELS)
     _choice("dtype", config.dtype, steps.DTYPES)

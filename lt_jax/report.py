@@ -48,6 +48,22 @@ def load_run(workdir: str) -> dict:
     return {"workdir": workdir, "config": config, "results": results}
 
 
+def seed_runs(run: dict) -> list[dict]:
+    """A workdir trained with ``num_seeds`` K > 1 as K runs (one per seed that did not
+    diverge), so that groups average over seeds wherever they came from. Each keeps the
+    workdir's other records; its wall time is the workdir's divided by K."""
+    per_seed = run["results"].get("per_seed", [])
+    if len(per_seed) <= 1:
+        return [run]
+    wall = run["results"].get("wall_time_s", np.nan) / len(per_seed)
+    return [
+        {**run, "results": {**run["results"], "final": r["final"],
+                            "best_epoch": r["best_epoch"], "wall_time_s": wall}}
+        for r in per_seed
+        if not r.get("diverged")
+    ]  # fmt: skip
+
+
 def run_label(config: dict) -> str:
     stage2 = config.get("stage2", {}).get("mode", "none")
     label = config["method"]
@@ -188,7 +204,7 @@ def plot_confusion(run: dict, path: str) -> None:
 
 def write_report(run_dirs: list[str], out: str) -> str:
     dirs = sorted({d for pattern in run_dirs for d in (glob.glob(pattern) or [pattern])})
-    runs = [load_run(d) for d in dirs]
+    runs = [r for d in dirs for r in seed_runs(load_run(d))]
     if not runs:
         raise ValueError("no run directories given")
     groups = group_runs(runs)

@@ -66,12 +66,19 @@ class Retrain:
         return method
 
     def trainable(self, trained: Trained, config, num_classes: int):
+        """The stage-1 head copied, or fresh heads from each seed + 1 (stacked over seeds)."""
         head = trained.state["params"]["head"]
         if not config.stage2.reinit_head:
             return jax.tree.map(jnp.copy, head)
-        in_features = int(head["kernel"][...].shape[0])
-        fresh = models.HEADS[trained.head](in_features, num_classes, rngs=nnx.Rngs(config.seed + 1))
-        return nnx.state(fresh, nnx.Param)
+        in_features = int(head["kernel"][...].shape[-2])
+        fresh = [
+            nnx.state(
+                models.HEADS[trained.head](in_features, num_classes, rngs=nnx.Rngs(seed + 1)),
+                nnx.Param,
+            )
+            for seed in steps.seeds_of(config)
+        ]
+        return fresh[0] if len(fresh) == 1 else jax.tree.map(lambda *x: jnp.stack(x), *fresh)
 
     def head_logits(self, head_graphdef) -> Callable:
         """``(frozen_head_params, trainable, feats) -> logits`` inside the step."""
@@ -89,19 +96,22 @@ class Retrain:
         frozen = {"params": trained.state["params"], "batch_stats": trained.state["batch_stats"]}
         trainable = self.trainable(trained, config, data.num_classes)
         tx, lr_fn = optim.create_optimizer(s2, spe)
-        state = {
-            "trainable": trainable,
-            "opt_state": tx.init(trainable),
-            "step": jnp.zeros((), jnp.int32),
-        }
+        def init(trainable):
+            return {
+                "trainable": trainable,
+                "opt_state": tx.init(trainable),
+                "step": jnp.zeros((), jnp.int32),
+            }
+
+        state = init(trainable) if config.num_seeds == 1 else jax.vmap(init)(trainable)
         prep = steps.preprocess(s2, trained.prep.augment, trained.prep.mean, trained.prep.std)
-        step2 = steps.jit_step(
-            steps.make_stage2_step(
-                trained.graphdef, self.head_logits(trained.head_graphdef), method, tx, lr_fn, prep
-            ),
-            steps.kernels(config),
-            donate_argnums=(0,),
+        seeds = steps.seeds_of(config)
+        step_fn = steps.make_stage2_step(
+            trained.graphdef, self.head_logits(trained.head_graphdef), method, tx, lr_fn, prep
         )
+        if len(seeds) > 1:
+            step_fn = steps.over_seeds(step_fn, (0, 0, "batch", 0))
+        step2 = steps.jit_step(step_fn, steps.kernels(config), donate_argnums=(0,))
         stage = Stage(
             name="stage2",
             step=lambda s, batch, key: step2(s, frozen, batch, key),
@@ -111,6 +121,7 @@ class Retrain:
             batch_size=s2.batch_size,
             scores=lambda s: evaluation.predicted(method, *self.logits(trained, s["trainable"])),
             prob_scale=method.prob_scale,
+            seeds=seeds,
         )
         _, results = run_stage(stage, ctx)
         results.update(mode=s2.mode, method=s2.method, sampler=s2.sampler)
@@ -122,7 +133,8 @@ class LWS(Retrain):
     per class (initialised to 1)."""
 
     def trainable(self, trained: Trained, config, num_classes: int):
-        return jnp.ones((num_classes,), jnp.float32)
+        k = config.num_seeds
+        return jnp.ones((num_classes,) if k == 1 else (k, num_classes), jnp.float32)
 
     def head_logits(self, head_graphdef) -> Callable:
         def logits(head_params, scales, feats):
@@ -132,7 +144,7 @@ class LWS(Retrain):
 
     def logits(self, trained: Trained, scales):
         z, f = trained.infer(trained.state["params"], trained.state["batch_stats"])
-        return z * np.asarray(scales), f
+        return z * np.asarray(scales)[..., None, :], f  # [(K,) N, C] * [(K,) 1, C]
 
 
 class TauNorm:
@@ -155,10 +167,28 @@ class TauNorm:
             raise ValueError(
                 "stage2.mode='tau_norm' needs a linear head (a cosine head is already normalised)"
             )
-        kernel = np.asarray(head["kernel"][...], np.float64)
-        bias = np.asarray(head["bias"][...], np.float64)
-        _, test_feats = trained.infer(params, stats, "test")
-        _, train_feats = trained.infer(params, stats, "train")
+        seeds = steps.seeds_of(ctx.config)
+        kernels = np.asarray(head["kernel"][...], np.float64).reshape(
+            len(seeds), *head["kernel"][...].shape[-2:]
+        )
+        biases = np.asarray(head["bias"][...], np.float64).reshape(len(seeds), -1)
+        test_feats = trained.infer(params, stats, "test")[1].reshape(
+            len(seeds), -1, kernels.shape[1]
+        )
+        train_feats = trained.infer(params, stats, "train")[1].reshape(
+            len(seeds), -1, kernels.shape[1]
+        )
+        per_seed = [
+            self._search(ctx, kernels[k], biases[k], train_feats[k], test_feats[k])
+            for k in range(len(seeds))
+        ]
+        results = evaluation.seed_results(
+            seeds, [r["final"] for r in per_seed], [r["best_epoch"] for r in per_seed]
+        )
+        return {**results, "per_tau": per_seed[0]["per_tau"], "mode": "tau_norm"}
+
+    @staticmethod
+    def _search(ctx, kernel, bias, train_feats, test_feats) -> dict:
         data = ctx.data
         norms = np.maximum(np.linalg.norm(kernel, axis=0, keepdims=True), 1e-12)
         per_tau = []
@@ -172,7 +202,7 @@ class TauNorm:
             per_tau.append(summary)
         chosen = max(per_tau, key=lambda s: s["train_balanced_accuracy"])
         best = max(per_tau, key=lambda s: s["top1"])
-        return {"final": chosen, "best_epoch": best, "per_tau": per_tau, "mode": "tau_norm"}
+        return {"final": chosen, "best_epoch": best, "per_tau": per_tau}
 
 
 MODES = {"none": NoStage2(), "retrain": Retrain(), "lws": LWS(), "tau_norm": TauNorm()}

@@ -91,9 +91,12 @@ class InitialState(NamedTuple):
     tx: optax.GradientTransformation  # the optimizer, a frozen trunk masked out
 
 
-def init_state(config, num_classes: int, head: str, tx, *, input_shape) -> InitialState:
+def init_state(
+    config, num_classes: int, head: str, tx, *, input_shape, seed=None, impl=None
+) -> InitialState:
     """Builds the model (``config.model`` with a ``head`` classifier, for images of
-    ``input_shape`` (H, W, C)) and its train state.
+    ``input_shape`` (H, W, C)) and its train state, initialised from ``seed`` (default
+    ``config.seed``) with kernels ``impl`` (default ``kernels(config)``).
 
     ``tx`` comes back wrapped so that a frozen trunk (Places-LT's ResNet-152) gets
     no update at all. ``config.pretrained`` (a torchvision ``.npz``) initialises
@@ -103,9 +106,9 @@ def init_state(config, num_classes: int, head: str, tx, *, input_shape) -> Initi
         config.model,
         num_classes=num_classes,
         head=head,
-        rngs=nnx.Rngs(config.seed),
+        rngs=nnx.Rngs(config.seed if seed is None else seed),
         dtype=compute_dtype(config.dtype),
-        impl=kernels(config),
+        impl=impl or kernels(config),
         input_shape=tuple(input_shape),
     )
     if config.pretrained:
@@ -121,6 +124,45 @@ def init_state(config, num_classes: int, head: str, tx, *, input_shape) -> Initi
         "step": jnp.zeros((), jnp.int32),
     }
     return InitialState(state, graphdef, nnx.graphdef(model.head), tx)
+
+
+def seeds_of(config) -> tuple[int, ...]:
+    """The seeds a run trains: ``seed, seed + 1, ..., seed + num_seeds - 1``."""
+    return tuple(config.seed + k for k in range(config.num_seeds))
+
+
+def init_seeds(config, num_classes: int, head: str, tx, *, input_shape) -> InitialState:
+    """:func:`init_state` of one seed, or with ``num_seeds`` K > 1 the K seeds' states
+    stacked on a leading axis, each exactly as a run with that seed initialises it.
+
+    The stacked program is vmapped (:func:`over_seeds`): on CPU it keeps the XLA fixes of
+    ``models.kernels`` but not the native kernels, which have no batching rule.
+    """
+    seeds = seeds_of(config)
+    if len(seeds) == 1:
+        return init_state(config, num_classes, head, tx, input_shape=input_shape)
+    impl = kernels(config)
+    inits = [
+        init_state(config, num_classes, head, tx, input_shape=input_shape, seed=s, impl=impl)
+        for s in seeds
+    ]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[i.state for i in inits])
+    return inits[0]._replace(state=stacked)
+
+
+def over_seeds(fn, axes):
+    """``fn`` vmapped over the leading seed axis. ``axes`` has one entry per argument: 0
+    (stacked per seed), None (shared by the seeds) or ``"batch"`` (the batch's own
+    ``seed_axes()``: an in-memory batch shares the split and maps its indices)."""
+
+    def seeded(*args):
+        in_axes = tuple(
+            a.seed_axes() if ax == "batch" else ax for a, ax in zip(args, axes, strict=True)
+        )
+        with models.kernels.without_native():  # no batching rule for the native calls
+            return jax.vmap(fn, in_axes=in_axes)(*args)
+
+    return seeded
 
 
 # --- batches ----------------------------------------------------------------------------------

@@ -36,9 +36,11 @@ def create_mesh(devices=None) -> jax.sharding.Mesh:
     )
 
 
-def shard_batch(mesh, local: np.ndarray) -> jax.Array:
-    """Host-local rows -> a global array sharded on the ``data`` axis."""
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
+def shard_batch(mesh, local: np.ndarray, *, seed_axis: bool = False) -> jax.Array:
+    """Host-local rows -> a global array sharded on the ``data`` axis (the first axis, or
+    the second after a leading seed axis: seeds replicated, each seed's batch sharded)."""
+    spec = P(None, "data") if seed_axis else P("data")
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), local)
 
 
 class GatherBatch(NamedTuple):
@@ -49,6 +51,11 @@ class GatherBatch(NamedTuple):
     idx: jax.Array  # [B] int32, sharded on "data"
 
     host_augmented = False  # augmented on the device, inside the step
+
+    def seed_axes(self):
+        """``jax.vmap`` axes of a batch with one index vector per seed ([K, B]): the split
+        is shared."""
+        return GatherBatch(None, None, 0)
 
     def take(self):
         """(images [B, H, W, C], labels [B] or None) of the batch."""
@@ -62,6 +69,9 @@ class ImageBatch(NamedTuple):
     labels: jax.Array | None  # [B] int32; None when evaluating
 
     host_augmented = True  # only normalised on the device
+
+    def seed_axes(self):
+        return ImageBatch(0, None if self.labels is None else 0)
 
     def take(self):
         return self.images, self.labels
@@ -96,12 +106,14 @@ class InMemoryInput:
         return epoch_sizes(len(self.data.train_labels), batch_size, drop_last=self.drop_last)
 
     def train(self, order, *, epoch, start_batch, sizes, seed):
-        """The batches ``start_batch..`` of an epoch visiting ``order``."""
+        """The batches ``start_batch..`` of an epoch visiting ``order`` ([N], or [K, N]: one
+        order per seed, then each batch's indices are [K, B])."""
         del epoch, seed
         ends = np.cumsum(sizes)
         for b in range(start_batch, len(sizes)):
-            idx = order[ends[b] - sizes[b] : ends[b]][streaming.host_rows(sizes[b])]
-            yield GatherBatch(self.images["train"], self.labels, shard_batch(self.mesh, idx))
+            idx = order[..., ends[b] - sizes[b] : ends[b]][..., streaming.host_rows(sizes[b])]
+            idx = shard_batch(self.mesh, idx, seed_axis=order.ndim == 2)
+            yield GatherBatch(self.images["train"], self.labels, idx)
 
     def infer(self, split, batch_size):
         """(batch, global mask of the real rows) over ``split`` ("train" | "test")."""
@@ -125,6 +137,8 @@ class StreamedInput:
         return epoch_sizes(len(self.data.train_labels), batch_size, drop_last=True)
 
     def train(self, order, *, epoch, start_batch, sizes, seed):
+        if order.ndim != 1:
+            raise ValueError("streamed datasets train one seed per run (config.num_seeds=1)")
         batches = streaming.train_batches(
             self.data.train_files,
             self.data.train_labels,

@@ -42,6 +42,8 @@ on CPU too. The native kernels also need a single device (:func:`native_enabled`
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 
@@ -111,11 +113,27 @@ def relu(x, impl: str, train: bool):
     return jax.nn.relu(x)
 
 
+_NATIVE_OFF = contextvars.ContextVar("lt_jax_native_off", default=False)
+
+
+@contextlib.contextmanager
+def without_native():
+    """Traces inside this block use the XLA ops instead of the native kernels (a vmapped
+    program: the native custom calls have no batching rule)."""
+    token = _NATIVE_OFF.set(True)
+    try:
+        yield
+    finally:
+        _NATIVE_OFF.reset(token)
+
+
 def native_enabled() -> bool:
     """Whether the CPU implementation may use :mod:`lt_jax.models.native`'s kernels now: the
     CPU backend with a single device (XLA would replicate a custom call across a sharded
-    batch, so data-parallel programs over virtual CPU devices keep the XLA ops), and the
-    library built."""
+    batch, so data-parallel programs over virtual CPU devices keep the XLA ops), the
+    library built, and not inside :func:`without_native`."""
+    if _NATIVE_OFF.get():
+        return False
     return jax.default_backend() == "cpu" and jax.device_count() == 1 and native.available()
 
 
