@@ -84,7 +84,9 @@ def _setup(method, data_dir, seed, kernels, batch_size=0):
     tx, lr_fn = optim.create_optimizer(
         config, len(sizes), ga_start_step=m.ga_start_step, num_classes=data.num_classes
     )
-    state, graphdef, head_graphdef, tx = steps.init_state(config, data.num_classes, m.head, tx)
+    state, graphdef, head_graphdef, tx = steps.init_state(
+        config, data.num_classes, m.head, tx, input_shape=data.train_images.shape[1:]
+    )
     mean, std = augment.CIFAR_MEAN, augment.CIFAR_STD
     prep = steps.preprocess(config, config.dataset.augment, mean, std)
     step = steps.jit_step(
