@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/throughput.py [--batch 128] [--steps 10] [--rounds 3]
            [--kernels auto|xla|cpu] [--compiler-options auto|none] [--host-memory keep|default]
-           [--seeds 1,2,4,8]
+           [--seeds 1,2,4,8 [--seed-program auto|vmap|unrolled]]
        (needs the [bench] extra: pip install -e '.[bench]')
 
 Both sides run forward + backward + SGD-momentum (wd 2e-4) on random 32x32x3 batches of
@@ -49,7 +49,9 @@ print(json.dumps(step.images_per_second({steps}, rounds=2)))
 class JaxStep:
     """lt_jax's functional train step on a ResNet-32 with a batch of random images."""
 
-    def __init__(self, batch: int, devices=None, impl="auto", options="auto", seeds: int = 1):
+    def __init__(
+        self, batch: int, devices=None, impl="auto", options="auto", seeds=1, sequential=None
+    ):
         import jax
         import jax.numpy as jnp
         import optax
@@ -90,7 +92,7 @@ class JaxStep:
         self.key = jax.random.key(0)
         if seeds > 1:
             state = jax.tree.map(lambda x: jnp.stack([x] * seeds), state)
-            fn = steps.over_seeds(fn, (0, "batch", 0))
+            fn = steps.over_seeds(fn, (0, "batch", 0), sequential=sequential)
             self.key = jax.random.split(self.key, seeds)
         self.state = jax.device_put(state, rep)
         shard = lambda x: pipeline.shard_batch(self.mesh, x, seed_axis=seeds > 1)  # noqa: E731
@@ -190,7 +192,11 @@ def seeds_line(args, counts) -> None:
     the cost per seed relative to K separate runs."""
     base = None
     for k in counts:
-        step = JaxStep(args.batch, impl=args.kernels, options=args.compiler_options, seeds=k)
+        sequential = {"auto": None, "vmap": False, "unrolled": True}[args.seed_program]
+        step = JaxStep(
+            args.batch, impl=args.kernels, options=args.compiler_options, seeds=k,
+            sequential=sequential,
+        )  # fmt: skip
         rate = step.images_per_second(args.steps, rounds=args.rounds)
         per_step = step.batch / rate
         base = base or (per_step if k == 1 else None)
@@ -213,6 +219,12 @@ def main():
         default="",
         help="comma-separated seed counts K (e.g. 1,2,4,8): K seeds in one vmapped step "
         "(config.num_seeds) against K=1, aggregate images/s and seconds per step",
+    )
+    parser.add_argument(
+        "--seed-program",
+        choices=("auto", "vmap", "unrolled"),
+        default="auto",
+        help="how K seeds share the program (lt_jax.steps.over_seeds; auto: unrolled on CPU)",
     )
     parser.add_argument("--kernels", choices=("auto", "xla", "cpu"), default="auto")
     parser.add_argument("--compiler-options", choices=("auto", "none"), default="auto")

@@ -96,6 +96,7 @@ class Retrain:
         frozen = {"params": trained.state["params"], "batch_stats": trained.state["batch_stats"]}
         trainable = self.trainable(trained, config, data.num_classes)
         tx, lr_fn = optim.create_optimizer(s2, spe)
+
         def init(trainable):
             return {
                 "trainable": trainable,

@@ -32,9 +32,11 @@ def two_seeds(tmp_path_factory):
     return root, together, apart
 
 
-def test_a_few_vmapped_steps_equal_each_seed_alone():
-    """Three steps of GA + mixup (every part of the step) for seeds 0 and 1 in one vmapped
-    program, against each seed's own program: equal within float32 rounding."""
+@pytest.mark.parametrize("sequential", [False, True], ids=["vmapped", "unrolled"])
+def test_a_few_seeded_steps_equal_each_seed_alone(sequential):
+    """Three steps of GA + mixup (every part of the step) for seeds 0 and 1 in one program
+    (vmapped, as on accelerators, and unrolled, as on CPU), against each seed's own program:
+    equal within float32 rounding."""
     config = tiny("kps_ga_optax", num_seeds=2, mixup_alpha=1.0)
     config.loss.ga_epoch = 0
     config = config_lib.resolve(config)
@@ -47,6 +49,7 @@ def test_a_few_vmapped_steps_equal_each_seed_alone():
     step_k = jax.jit(steps.over_seeds(
         steps.make_train_step(init.graphdef, init.head_graphdef, method, init.tx, lr, prep),
         (0, "batch", 0),
+        sequential=sequential,
     ))  # fmt: skip
     alone = [steps.init_state(config, 10, method.head, tx, input_shape=shape, seed=s)
              for s in (0, 1)]  # fmt: skip
