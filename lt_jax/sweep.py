@@ -7,9 +7,14 @@ ones resume from their checkpoints); afterwards ``python -m lt_jax.report
   python -m lt_jax.sweep --config configs/default.py --root /tmp/mnist_sweep \
       --methods ce,focal,cb_focal,ldam_drw,balanced_softmax,logit_adjusted,kps,kps_ga,fbl,gcl \
       --seeds 0,1,2
+
+``--config.KEY=VALUE`` overrides apply to every run, as in ``lt_jax.main``; with
+``--config.num_seeds=3`` each run trains seeds seed..seed+2 in one program and the report
+averages them (``ROOT/<method>_s<seed>`` then holds all three).
 """
 
 import argparse
+import ast
 import importlib.util
 import logging
 import os
@@ -22,6 +27,34 @@ def load_config(path: str, arg: str):
     return module.get_config(arg)
 
 
+def apply_override(config, item: str) -> None:
+    """``--config.a.b=value`` on ``config``: the key must exist, the value keeps its type."""
+    key, sep, text = item.removeprefix("--config.").partition("=")
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+        node = node.get(p) if hasattr(node, "get") else None
+    if not sep or node is None or not hasattr(node, "keys") or leaf not in node:
+        raise ValueError(f"{item}: the config has no key {key!r} (or no =VALUE)")
+    old = node[leaf]
+    try:
+        if isinstance(old, str):
+            value = text
+        elif isinstance(old, bool):
+            value = {"true": True, "false": False}[text.lower()]
+        else:
+            value = ast.literal_eval(text)
+            if isinstance(old, float) and isinstance(value, int):
+                value = float(value)
+            if isinstance(old, tuple) and isinstance(value, list | tuple):
+                value = tuple(value)
+            if type(value) is not type(old):
+                raise TypeError
+    except (ValueError, SyntaxError, TypeError, KeyError):
+        raise ValueError(f"{item}: {text!r} is not a {type(old).__name__}") from None
+    node[leaf] = value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="config file, e.g. configs/default.py")
@@ -29,7 +62,9 @@ def main(argv=None):
     parser.add_argument("--methods", required=True, help="comma-separated method names")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--args", default="", help="extra config arguments, e.g. epochs=10")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if any(not e.startswith("--config.") for e in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     from lt_jax import cli
 
@@ -46,6 +81,8 @@ def main(argv=None):
             arg = ",".join(filter(None, [f"method={method}", f"seed={seed}", args.args]))
             try:
                 config = load_config(args.config, arg)
+                for item in extra:
+                    apply_override(config, item)
                 preflight.check(config)
             except (ValueError, OSError) as e:
                 cli.fail(f"lt_jax.sweep: {workdir}", e, cli.USAGE)

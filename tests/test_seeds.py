@@ -8,7 +8,18 @@ import jax
 import numpy as np
 import pytest
 
-from lt_jax import checkpoint, config_lib, loop, methods, optim, preflight, report, steps, train
+from lt_jax import (
+    checkpoint,
+    config_lib,
+    loop,
+    methods,
+    optim,
+    preflight,
+    report,
+    steps,
+    sweep,
+    train,
+)
 from lt_jax.data import datasets, pipeline, samplers
 from tests.test_train import sigterm_at_step, tiny
 
@@ -200,3 +211,23 @@ def test_streamed_datasets_refuse_several_seeds():
     config.dataset.name = "imagenet_lt"
     with pytest.raises(ValueError, match="num_seeds=2 needs an in-memory dataset"):
         preflight.check(config)
+
+
+def test_sweep_applies_config_overrides_to_every_run(tmp_path, monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(train, "train_and_evaluate", lambda c, w: seen.append((c, w)) or {
+        "final": {"top1": 0.5}})  # fmt: skip
+    root = os.path.dirname(os.path.dirname(__file__))
+    sweep.main(["--config", os.path.join(root, "configs", "default.py"), "--root", str(tmp_path),
+                "--methods", "ce,gcl", "--args", "runlocal", "--config.num_seeds=3",
+                "--config.dataset.imb_factor=10"])  # fmt: skip
+    assert [(c.num_seeds, c.dataset.imb_factor, c.method) for c, _ in seen] == [
+        (3, 10.0, "ce"),
+        (3, 10.0, "gcl"),
+    ]
+    for bad, message in (("--config.num_seeds=two", "not a int"), ("--config.nope=1", "no key")):
+        with pytest.raises(SystemExit) as e:
+            sweep.main(["--config", os.path.join(root, "configs", "default.py"),
+                        "--root", str(tmp_path), "--methods", "ce", bad])  # fmt: skip
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err
