@@ -73,9 +73,11 @@ def result_rows(results):
         if stage in results:
             r = results[stage]
             tag = f" tau={r['final']['tau']}" if "tau" in r["final"] else ""
+            seed = f" seed {r['per_seed'][0]['seed']}" if len(r.get("per_seed", ())) > 1 else ""
+            tag += seed
             rows[f"{stage} final (ep {r['final'].get('epoch', '-')}){tag}"] = r["final"]
             if "epoch" in r["best_epoch"]:
-                rows[f"{stage} best epoch ({r['best_epoch']['epoch']})"] = r["best_epoch"]
+                rows[f"{stage} best epoch ({r['best_epoch']['epoch']}){seed}"] = r["best_epoch"]
             agg = r.get("aggregate", {})
             if len(agg.get("seeds", ())) > 1:  # several seeds: the first one's rows, then these
                 n = len(agg["seeds"])

@@ -84,10 +84,11 @@ def summarize(
 def format_table(results: dict[str, dict]) -> str:
     """Rows of ``name: summary`` as a fixed-width many/medium/few table (percent)."""
     fmt = lambda v: "   -  " if v is None else f"{100 * v:6.2f}"  # noqa: E731
-    lines = [f"{'':<22}{'top1':>7}{'many':>7}{'medium':>7}{'few':>7}{'ECE':>7}"]
+    w = max([22, *(len(name) + 1 for name in results)])
+    lines = [f"{'':<{w}}{'top1':>7}{'many':>7}{'medium':>7}{'few':>7}{'ECE':>7}"]
     for name, r in results.items():
         lines.append(
-            f"{name:<22}{fmt(r['top1']):>7}{fmt(r['many']):>7}{fmt(r['medium']):>7}"
+            f"{name:<{w}}{fmt(r['top1']):>7}{fmt(r['many']):>7}{fmt(r['medium']):>7}"
             f"{fmt(r['few']):>7}{fmt(r['ece']):>7}"
         )
     conv = next(iter(results.values()))["shot_convention"] if results else "paper"
