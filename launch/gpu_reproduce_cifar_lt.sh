@@ -13,7 +13,9 @@
 # targets first), SEEDS (0,1,2), EPOCHS (200), EVAL_EVERY (1: every epoch, so the best
 # epoch is the papers' number; the final epoch stays the headline), DEADLINE_S (520: runs
 # still going then are stopped, their checkpoints kept), DATA_DIR (default: the packed
-# archive extracted to /tmp), RUNS (/tmp/runs), OUT (where runs.tar.gz and the report go).
+# archive extracted to /tmp), RUNS (/tmp/runs), OUT (where runs.tar.gz and the report go),
+# NUM_SEEDS (unset: one process per seed; K: one process per method training the K seeds
+# from the first of SEEDS in one vmapped program, config.num_seeds=K, workdir <method>_kK).
 # The pack holds the split-seed-0 images only, so a KPS run here uses split seed 0 (its
 # release used 666; lt_jax refuses a split that would select a blanked image).
 set -uo pipefail
@@ -47,6 +49,11 @@ fi
 
 IFS=, read -r -a methods <<< "$METHODS"
 IFS=, read -r -a seeds <<< "$SEEDS"
+extra=()
+if [ -n "${NUM_SEEDS:-}" ]; then
+  seeds=("${seeds[0]}")
+  extra=(--config.num_seeds="$NUM_SEEDS")
+fi
 n=$(( ${#methods[@]} * ${#seeds[@]} ))
 if command -v nvidia-cuda-mps-control > /dev/null && nvidia-smi > /dev/null 2>&1; then
   nvidia-cuda-mps-control -d && say "MPS on"
@@ -61,8 +68,10 @@ for m in "${methods[@]}"; do
   for s in "${seeds[@]}"; do
     args="method=$m,seed=$s,epochs=$EPOCHS,eval_every=$EVAL_EVERY,data_dir=$DATA_DIR"
     case "$m" in kps*) args="$args,split_seed=0" ;; esac
-    python3 -m lt_jax.main --config "configs/cifar_lt.py:$args" --workdir "$RUNS/${m}_s$s" \
-      > "$RUNS/${m}_s$s.log" 2>&1 &
+    name="${m}_s$s"
+    [ -n "${NUM_SEEDS:-}" ] && name="${m}_k${NUM_SEEDS}"
+    python3 -m lt_jax.main --config "configs/cifar_lt.py:$args" "${extra[@]}" \
+      --workdir "$RUNS/$name" > "$RUNS/$name.log" 2>&1 &
     pids+=($!)
   done
 done
