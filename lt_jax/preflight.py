@@ -49,9 +49,9 @@ def check(config):
     """The resolved config, or ``ValueError`` naming the first mistake."""
     config = config_lib.resolve(config)
     _stage(config, "")
-    for key in ("eval_batch_size", "log_every_steps", "eval_every_epochs", "num_seeds"):
+    counts = ("eval_batch_size", "log_every_steps", "eval_every_epochs", "checkpoint_every_epochs")
+    for key in (*counts, "num_seeds"):
         _positive(key, config[key])
-    _positive("checkpoint_every_epochs", config.checkpoint_every_epochs)
     d = config.dataset
     _choice("dataset", d.name, datasets.DATASETS)
     _choice("config.dataset.profile", d.profile, (*longtail.PROFILES, "none"))

@@ -91,12 +91,10 @@ class InitialState(NamedTuple):
     tx: optax.GradientTransformation  # the optimizer, a frozen trunk masked out
 
 
-def init_state(
-    config, num_classes: int, head: str, tx, *, input_shape, seed=None, impl=None
-) -> InitialState:
+def init_state(config, num_classes: int, head: str, tx, *, input_shape, seed=None) -> InitialState:
     """Builds the model (``config.model`` with a ``head`` classifier, for images of
     ``input_shape`` (H, W, C)) and its train state, initialised from ``seed`` (default
-    ``config.seed``) with kernels ``impl`` (default ``kernels(config)``).
+    ``config.seed``).
 
     ``tx`` comes back wrapped so that a frozen trunk (Places-LT's ResNet-152) gets
     no update at all. ``config.pretrained`` (a torchvision ``.npz``) initialises
@@ -108,7 +106,7 @@ def init_state(
         head=head,
         rngs=nnx.Rngs(config.seed if seed is None else seed),
         dtype=compute_dtype(config.dtype),
-        impl=impl or kernels(config),
+        impl=kernels(config),
         input_shape=tuple(input_shape),
     )
     if config.pretrained:
@@ -141,10 +139,8 @@ def init_seeds(config, num_classes: int, head: str, tx, *, input_shape) -> Initi
     seeds = seeds_of(config)
     if len(seeds) == 1:
         return init_state(config, num_classes, head, tx, input_shape=input_shape)
-    impl = kernels(config)
     inits = [
-        init_state(config, num_classes, head, tx, input_shape=input_shape, seed=s, impl=impl)
-        for s in seeds
+        init_state(config, num_classes, head, tx, input_shape=input_shape, seed=s) for s in seeds
     ]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[i.state for i in inits])
     return inits[0]._replace(state=stacked)

@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 
-from lt_jax.config_lib import COMPAT_DEFAULTS
+from lt_jax.config_lib import resolve
 
 log = logging.getLogger("lt_jax.workdir")
 
@@ -157,32 +157,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _with_compat_keys(old: dict, current: dict) -> dict:
-    """``old`` with every ``COMPAT_DEFAULTS`` entry it lacks (and ``current`` has) filled in:
-    a workdir written before a key existed ran with that key's compat value."""
-    old = json.loads(json.dumps(old))
-    for dotted, value in COMPAT_DEFAULTS.items():
-        *parents, leaf = dotted.split(".")
-        src, dst = current, old
-        for p in parents:
-            src, dst = src.get(p), dst.get(p)
-            if not isinstance(src, dict) or not isinstance(dst, dict):
-                break
-        else:
-            if leaf in src and leaf not in dst:
-                dst[leaf] = value
-    return old
-
-
 def check_config(workdir: str, config) -> None:
     """Refuses a workdir holding a run with a different config (reads only)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return
-    current = json.loads(config.to_json_best_effort())
+    current = json.loads(resolve(config).to_json_best_effort())
     try:
         with open(path) as f:
-            old = _with_compat_keys(json.load(f), current)
+            # resolve() fills the keys a workdir from before them lacks (COMPAT_DEFAULTS).
+            old = json.loads(resolve(json.load(f)).to_json_best_effort())
     except ValueError:
         raise TrainingError(f"{path} is corrupt; delete it or use a new --workdir") from None
     if old != current:
