@@ -68,8 +68,13 @@ def save_embedding(path, feats, labels, seed, max_points: int = 2000) -> None:
     feats = np.asarray(feats, np.float64)
     pick = np.random.default_rng(seed).permutation(len(feats))[:max_points]
     x = feats[pick] - feats[pick].mean(axis=0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    np.savez(path, coords=(x @ vt[:2].T).astype(np.float32), labels=np.asarray(labels)[pick])
+    _, sv, vt = np.linalg.svd(x, full_matrices=False)
+    np.savez(
+        path,
+        coords=(x @ vt[:2].T).astype(np.float32),
+        labels=np.asarray(labels)[pick],
+        explained_variance_ratio=(sv[:2] ** 2 / max((sv**2).sum(), 1e-30)).astype(np.float32),
+    )
 
 
 AGGREGATED = ("top1", "many", "medium", "few", "ece")
