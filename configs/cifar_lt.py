@@ -63,7 +63,7 @@ def get_config(arg=None):
         runlocal=False,
     )
     if a.dataset not in ("cifar10", "cifar100"):
-        raise ValueError(f"unknown dataset {a.dataset!r}; valid: cifar10, cifar100")
+        raise common.unknown("dataset", a.dataset, ("cifar10", "cifar100"))
     c = common.base_config()
     c.seed = a.seed
     c.dataset.name = f"{a.dataset}_lt"

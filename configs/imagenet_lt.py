@@ -47,7 +47,7 @@ def get_config(arg=None):
         runlocal=False,
     )
     if a.dataset not in ("imagenet_lt", "inat2018"):
-        raise ValueError(f"unknown dataset {a.dataset!r}; valid: imagenet_lt, inat2018")
+        raise common.unknown("dataset", a.dataset, ("imagenet_lt", "inat2018"))
     c = common.base_config()
     c.seed = a.seed
     c.dataset.name = a.dataset

@@ -33,14 +33,22 @@ def fail(prog: str, error, status: int = 1):
     raise SystemExit(status)
 
 
-def absl_flags_parser(prog: str):
+def absl_flags_parser(prog: str, help_text=None):
     """An ``app.run(..., flags_parser=)`` that turns every flag or config-file mistake into
-    one line and exit status 2, instead of absl's traceback."""
+    one line and exit status 2, instead of absl's traceback. ``--help`` / ``-h`` prints
+    ``help_text(argv)`` (when given) and exits 0."""
 
     def parse(argv):
         from absl import flags
 
+        if help_text and any(a in ("--help", "-h", "-?", "--helpshort") for a in argv[1:]):
+            try:
+                print(help_text(argv))
+            except Exception as e:  # noqa: BLE001 - a broken --config named with --help
+                fail(prog, e, USAGE)
+            raise SystemExit(0)
         try:
+            check_overrides(argv)
             rest = flags.FLAGS(argv)
             for name in ("config",):  # force ml_collections' deferred config-file errors
                 if name in flags.FLAGS and flags.FLAGS[name].present:
@@ -50,6 +58,185 @@ def absl_flags_parser(prog: str):
         return rest
 
     return parse
+
+
+def config_spec(argv) -> tuple[str, str] | None:
+    """(path, argument) of the ``--config path[:argument]`` in ``argv``, if there is one."""
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            spec = a.removeprefix("--config=")
+        elif a == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+        else:
+            continue
+        path, _, arg = spec.partition(".py:")
+        return (path + ".py", arg) if _ else (spec, "")
+    return None
+
+
+def load_config_module(path: str):
+    """The config file at ``path`` as a module (``get_config`` not called)."""
+    import importlib.util
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"config file {path} does not exist (give the path of a configs/*.py file)"
+        )
+    spec = importlib.util.spec_from_file_location("lt_jax_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def config_keys(config, prefix: str = "") -> list[str]:
+    """Every leaf key of a ConfigDict, dotted (``optimizer.lr``)."""
+    keys = []
+    for k, v in config.items():
+        if hasattr(v, "items"):
+            keys += config_keys(v, f"{prefix}{k}.")
+        else:
+            keys.append(prefix + k)
+    return keys
+
+
+# Names from other codebases for lt_jax's keys.
+_SYNONYMS = {
+    "learning_rate": "lr",
+    "weight_decay": "wd",
+    "num_epochs": "epochs",
+    "warmup": "warmup_epochs",
+    "batch": "batch_size",
+    "arch": "model",
+    "loss_type": "method",
+}
+
+
+def check_overrides(argv) -> None:
+    """Every ``--config.KEY=VALUE`` names a key the config has; a misspelt one is a
+    one-line error with the closest keys (before absl says ``AttributeError: 'x'``)."""
+    import difflib
+
+    overrides = [
+        a.split("=")[0].removeprefix("--config.") for a in argv if a.startswith("--config.")
+    ]
+    spec = config_spec(argv)
+    if not overrides or spec is None:
+        return
+    config = load_config_module(spec[0]).get_config(spec[1])
+    keys = config_keys(config)
+    for key in overrides:
+        if key in keys or any(k.startswith(key + ".") for k in keys):
+            continue
+        leaf = key.split(".")[-1]
+        leaf = _SYNONYMS.get(leaf, leaf)
+        close = sorted((k for k in keys if k.split(".")[-1] == leaf), key=lambda k: k.count("."))
+        close += [k for k in difflib.get_close_matches(key, keys, 3, 0.6) if k not in close]
+        by_leaf = difflib.get_close_matches(leaf, [k.split(".")[-1] for k in keys], 3, 0.7)
+        close += [k for k in keys if k.split(".")[-1] in by_leaf and k not in close]
+        hint = f"; did you mean {' or '.join('--config.' + k for k in close[:3])}?" if close else ""
+        raise ValueError(
+            f"the config has no key {key!r}{hint} (python -m lt_jax.main --config "
+            f"{spec[0]} --print_config lists them)"
+        )
+
+
+def _docstring_paragraph(doc: str, heading: str) -> str:
+    """The paragraph of ``doc`` that starts with ``heading``, joined into one string."""
+    for para in doc.split("\n\n"):
+        if para.strip().startswith(heading):
+            return " ".join(para.split())
+    return ""
+
+
+def _wrap(text: str, indent: str = "  ", hang: int = 2) -> str:
+    """``text`` filled to 96 columns; continuation lines ``hang`` further in."""
+    import textwrap
+
+    return textwrap.fill(text, 96, initial_indent=indent, subsequent_indent=indent + " " * hang)
+
+
+def catalog_text() -> str:
+    """Methods, second stages and datasets, one line each."""
+    from lt_jax import catalog
+
+    width = max(map(len, [*catalog.METHODS, *catalog.STAGE2_PRESETS, *catalog.DATASETS]))
+    out = []
+    for title, table in (
+        ("methods (config argument method=, or --config.method=):", catalog.METHODS),
+        ("second stage (config argument stage2=):", catalog.STAGE2_PRESETS),
+        ("datasets (--config.dataset.name=):", catalog.DATASETS),
+    ):
+        out.append(title)
+        out += [_wrap(f"{name:<{width}}  {line}", hang=width + 2) for name, line in table.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def config_help(path: str, arg: str = "") -> str:
+    """A config file's first docstring line, its arguments with their defaults and the
+    docstring's ``Arguments:`` paragraph."""
+    from lt_jax import config_lib
+
+    module = load_config_module(path)
+    doc = module.__doc__ or ""
+    out = [f"{path}: {doc.strip().splitlines()[0] if doc.strip() else ''}"]
+    arguments = config_lib.config_arguments(module.get_config)
+    if arguments:
+        out.append("arguments (--config FILE:name=value,...; defaults shown):")
+        out.append(_wrap(", ".join(f"{k}={v!r}" for k, v in arguments.items())))
+        explained = _docstring_paragraph(doc, "Arguments:")
+        if explained:
+            out.append(_wrap(explained))
+    out.append(
+        f"every key: python -m lt_jax.main --config {path}{':' + arg if arg else ''} --print_config"
+    )
+    return "\n".join(out)
+
+
+def main_help(argv) -> str:
+    """``python -m lt_jax.main --help``."""
+    import glob
+
+    out = [
+        "usage: python -m lt_jax.main --config configs/FILE.py[:name=value,...] "
+        "[--config.KEY=VALUE ...] --workdir DIR",
+        "       python -m lt_jax.main --config configs/FILE.py[:...] --print_config",
+        "",
+        "Trains and evaluates one long-tailed recognition run; the workdir gets config.json,",
+        "checkpoints, metrics.jsonl, TensorBoard events and results.json. A rerun with the same",
+        "workdir resumes; finished runs print their results.",
+        "",
+        "flags:",
+        "  --config FILE.py[:args]  a config file and its arguments (listed below with --config)",
+        "  --config.KEY=VALUE       set any key of the config after get_config (e.g. "
+        "--config.optimizer.lr=0.05)",
+        "  --workdir DIR            where the run writes and resumes",
+        "  --print_config           print the resolved config (as config.json will hold it), "
+        "do not train",
+        "  -h, --help               this text (with --config: that file's arguments too)",
+        "",
+    ]
+    spec = config_spec(argv)
+    if spec:
+        out += [config_help(*spec), ""]
+    else:
+        files = sorted(glob.glob(os.path.join("configs", "*.py")))
+        if files:
+            out.append("config files (--config FILE --help lists one's arguments):")
+            for f in files:
+                with open(f, encoding="utf-8") as fh:
+                    import ast
+
+                    doc = ast.get_docstring(ast.parse(fh.read())) or ""
+                out.append(_wrap(f"{f:<22} {doc.splitlines()[0] if doc else ''}", hang=23))
+            out.append("")
+    out.append(catalog_text())
+    out += [
+        "environment: LT_JAX_NATIVE (0/1: the native CPU convolutions), LT_JAX_CPU_DEVICES,",
+        "  LT_JAX_MULTIHOST=1 (jax.distributed on a pod), LT_JAX_CACHE, LT_JAX_KEEP_HOST_MEMORY.",
+        "exit status: 0 done, 1 the run failed, 2 a usage mistake (flag, config or setting).",
+    ]
+    return "\n".join(out)
 
 
 def setup_logging():

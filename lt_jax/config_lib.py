@@ -12,7 +12,9 @@ one run. Config files import this module only, never JAX, so reading one is chea
 """
 
 import copy
-from collections.abc import Mapping
+import difflib
+import threading
+from collections.abc import Iterable, Mapping
 
 import ml_collections
 
@@ -52,6 +54,42 @@ INTERVAL_KEYS = ("eval_every_epochs", "checkpoint_every_epochs")
 HELPER_KEYS = ("recipe_epochs", "evals_per_run")
 
 
+def unknown(what: str, value, valid: Iterable) -> ValueError:
+    """The one-line error for an unknown name: the close matches first, then every valid one.
+
+    ``unknown("method", "gcll", METHODS)`` -> ``unknown method 'gcll' (did you mean 'gcl'?);
+    valid: ...``.
+    """
+    valid = sorted(map(str, valid))
+    close = difflib.get_close_matches(str(value), valid, n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    return ValueError(f"unknown {what} {value!r}{hint}; valid: {', '.join(valid)}")
+
+
+_capture = threading.local()
+
+
+class _Arguments(Exception):
+    """Raised by ``parse_arg`` inside :func:`config_arguments` to hand its defaults out."""
+
+    def __init__(self, defaults):
+        super().__init__("config arguments")
+        self.defaults = defaults
+
+
+def config_arguments(get_config) -> dict:
+    """The ``key=value`` arguments a config file's ``get_config`` takes, with their defaults
+    (what ``parse_arg`` was given); empty when it takes none."""
+    _capture.on = True
+    try:
+        get_config("")
+    except _Arguments as e:
+        return dict(e.defaults)
+    finally:
+        _capture.on = False
+    return {}
+
+
 def _convert(key, text, default):
     if isinstance(default, bool):
         if text.lower() in ("", "1", "true", "yes"):
@@ -69,14 +107,14 @@ def _convert(key, text, default):
 
 def parse_arg(arg, **defaults):
     """Parses ``"a=1,b=x,flag"`` into a ConfigDict of ``defaults`` updated and typed."""
+    if getattr(_capture, "on", False):
+        raise _Arguments(defaults)
     out = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         key, _, value = item.partition("=")
         key = key.strip()
         if key not in defaults:
-            raise ValueError(
-                f"unknown config argument {key!r}; valid: {', '.join(sorted(defaults))}"
-            )
+            raise unknown("config argument", key, defaults)
         out[key] = _convert(key, value.strip() if "=" in item else "", defaults[key])
     return ml_collections.ConfigDict(out)
 
@@ -89,7 +127,7 @@ def loss_config(method, total_epochs, reference_epochs=LOSS_DEFAULTS_EPOCHS):
     ``epochs`` with the rest (a second rounding when the recipe is not 200 epochs long).
     """
     if method not in LOSS_DEFAULTS:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join(sorted(LOSS_DEFAULTS))}")
+        raise unknown("method", method, LOSS_DEFAULTS)
     loss = _scale_loss(LOSS_DEFAULTS[method], total_epochs, reference_epochs)
     return ml_collections.ConfigDict(loss)
 
@@ -192,9 +230,7 @@ def stage2_config(preset, *, epochs, lr=0.002, batch_size=64, mixup_alpha=0.0):
     the ``epochs`` given; ``resolve`` stretches them with ``stage2.epochs``.
     """
     if preset not in STAGE2_PRESETS:
-        raise ValueError(
-            f"unknown stage2 preset {preset!r}; valid: {', '.join(sorted(STAGE2_PRESETS))}"
-        )
+        raise unknown("stage2 preset", preset, STAGE2_PRESETS)
     c = ml_collections.ConfigDict(STAGE2_PRESETS[preset])
     loss = loss_config(c.method, epochs).to_dict()
     if preset == "gcl":

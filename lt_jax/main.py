@@ -7,8 +7,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_bool("print_config", False, "Print the resolved config and exit (no training).")
 config_flags.DEFINE_config_file("config", None, "Config file (get_config(arg)).", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
 
@@ -17,6 +18,17 @@ def main(argv):
     from lt_jax import cli  # no JAX import yet
 
     config = FLAGS.config
+    if FLAGS.print_config:
+        from lt_jax import preflight
+
+        try:
+            resolved = preflight.check(config)
+        except ValueError as e:
+            cli.fail("lt_jax", e, cli.USAGE)
+        print(resolved.to_json_best_effort(indent=1, sort_keys=True))
+        return
+    if not FLAGS.workdir:
+        cli.fail("lt_jax", "--workdir is missing: give the folder the run writes to", cli.USAGE)
     cli.use_all_cpu_cores([config.batch_size, config.stage2.batch_size, config.eval_batch_size])
     cli.keep_host_memory()
     import jax  # after flag parsing and the CPU device setup
@@ -44,4 +56,4 @@ def main(argv):
 if __name__ == "__main__":
     from lt_jax import cli
 
-    app.run(main, flags_parser=cli.absl_flags_parser("lt_jax"))
+    app.run(main, flags_parser=cli.absl_flags_parser("lt_jax", cli.main_help))

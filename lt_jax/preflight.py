@@ -22,7 +22,7 @@ KERNELS = ("auto", *models.kernels.IMPLEMENTATIONS)
 
 def _choice(key: str, value, valid) -> None:
     if value not in valid:
-        raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
+        raise config_lib.unknown(key, value, valid)
 
 
 def _positive(key: str, value) -> None:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lt_jax import evaluation, methods, metrics, models, optim, steps
+from lt_jax import config_lib, evaluation, methods, metrics, models, optim, steps
 from lt_jax.loop import RunContext, Stage, run_stage
 
 
@@ -213,7 +213,7 @@ def mode(config):
     """The :data:`MODES` object of ``config.stage2.mode``."""
     name = config.stage2.mode
     if name not in MODES:
-        raise ValueError(f"unknown stage2.mode {name!r}; valid: {', '.join(MODES)}")
+        raise config_lib.unknown("stage2.mode", name, MODES)
     return MODES[name]
 
 

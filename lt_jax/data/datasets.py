@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lt_jax import config_lib
 from lt_jax.data import augment, sources, splits
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -67,7 +68,19 @@ def _cifar(cfg) -> sources.ArrayDataset:
         # No local copy: TensorFlow Datasets ("tfds" or "tfds:/path/to/tfds_data_dir").
         tfds_dir = cfg.data_dir.partition(":")[2] or None
         return sources.load_tfds(cfg.name.removesuffix("_lt"), data_dir=tfds_dir)
-    return sources.load_cifar_archive(cfg.data_dir, cfg.name.removesuffix("_lt"))
+    accepted = (
+        "the CIFAR python archive (e.g. cifar-10-python.tar.gz), its extracted folder "
+        "(cifar-10-batches-py), or an image folder root/{train,test}/<class>/*"
+    )
+    if not os.path.exists(cfg.data_dir):
+        raise FileNotFoundError(
+            f"data_dir {cfg.data_dir!r} does not exist; set it to {accepted}, or leave it "
+            "empty for TensorFlow Datasets"
+        )
+    try:
+        return sources.load_cifar_archive(cfg.data_dir, cfg.name.removesuffix("_lt"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"data_dir {cfg.data_dir!r} exists but is not {accepted}") from None
 
 
 def _split_lists(cfg) -> StreamDataset:
@@ -119,7 +132,7 @@ DATASETS: dict[str, DatasetInfo] = {
 def info(name: str) -> DatasetInfo:
     """The registry entry of ``name``; an unknown name is a one-line error listing them."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
+        raise config_lib.unknown("dataset", name, DATASETS)
     return DATASETS[name]
 
 
