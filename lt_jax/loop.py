@@ -145,7 +145,10 @@ def _restore(stage: Stage, ctx: RunContext, ckpt, total_steps: int):
     state = jax.device_put(stage.state, replicated)
     if ckpt.latest_step() is not None:
         state = jax.device_put(ckpt.restore(state), replicated)
-        log.info("%s: resumed from step %d", stage.name, _step_of(state))
+        step = _step_of(state)
+        verb = "restored" if ctx.eval_only else "resumed from"
+        log.info("%s: %s step %d of %d (checkpoint %s)", stage.name, verb, step, total_steps,
+                 ckpt.directory)  # fmt: skip
     if ctx.eval_only and _step_of(state) != total_steps:
         raise checkpoint.CheckpointError(
             f"{ckpt.directory} has no finished {stage.name} checkpoint (found step "
@@ -163,15 +166,25 @@ class _Progress:
         self.start_time, self.start_step = time.time(), step
 
     def __call__(self, m, step, epoch):
+        """``epoch``: the 0-based epoch the step belongs to; logged 1-based, as the test
+        lines and results.json count finished epochs."""
         loss = self.health.loss(m, step, epoch)
         rate = (step - self.start_step) * self.per_step / (time.time() - self.start_time)
         eta = (self.total_steps - step) * self.per_step / max(rate, 1e-9)
         name, lr = self.stage.name, float(np.asarray(m["lr"]).reshape(-1)[0])
         log.info(
-            "%s epoch %d step %d/%d loss %.4f lr %.5f %.0f img/s ETA %.0fs",
-            *(name, epoch, step, self.total_steps, loss, lr, rate, eta),
+            "%s epoch %d/%d step %d/%d loss %.4f lr %.3g %.0f img/s ETA %s",
+            *(name, epoch + 1, self.stage.epochs, step, self.total_steps, loss, lr, rate),
+            _duration(eta),
         )
         self.ctx.writer.write(step, {f"{name}/train/loss": loss, f"{name}/train/lr": lr})
+
+
+def _duration(seconds: float) -> str:
+    """``1:02:03`` / ``2:03``."""
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _summaries(stage, ctx, scores) -> list[dict]:
@@ -195,12 +208,12 @@ def _evaluate(stage, ctx, state, step, epoch, history, health):
         for seed, s in zip(stage.seeds, summaries, strict=True):
             values.update({f"{stage.name}/test/{k}/seed{seed}": s[k] for k in keys})
     ctx.writer.write(step, values)
+    head = f"{stage.name} epoch {epoch}/{stage.epochs} test top-1 {100 * mean['top1']:.2f}%"
     if stage.stacked:
-        top = [s["top1"] for s in kept]
-        log.info("%s epoch %d test top1 %.4f (mean of %d seeds, %.4f to %.4f)",
-                 stage.name, epoch, mean["top1"], len(kept), min(top), max(top))  # fmt: skip
+        top = [100 * s["top1"] for s in kept]
+        log.info("%s (mean of %d seeds, %.2f to %.2f)", head, len(kept), min(top), max(top))
     else:
-        log.info("%s epoch %d test top1 %.4f", stage.name, epoch, mean["top1"])
+        log.info("%s", head)
     return feats
 
 
@@ -255,6 +268,9 @@ def _train(stage: Stage, ctx: RunContext, ckpt, sizes, health: Health):
     history, feats = [], None
     step = _step_of(state)
     progress = _Progress(stage, ctx, health, step, total_steps, sum(sizes) / steps_per_epoch)
+    first, started = None, time.time()
+    if step < total_steps:
+        log.info("%s: compiling the train step (once per run) ...", stage.name)
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         orders = [
@@ -275,6 +291,10 @@ def _train(stage: Stage, ctx: RunContext, ckpt, sizes, health: Health):
         for batch in batches:
             state, m = stage.step(state, batch, key)
             step += 1
+            if first is None:
+                first = float(np.asarray(m["loss"]).reshape(-1)[0])  # waits for the step
+                log.info("%s: step %d of %d compiled and ran in %.1f s", stage.name, step,
+                         total_steps, time.time() - started)  # fmt: skip
             if step % config.log_every_steps == 0 or step == total_steps:
                 progress(m, step, epoch)
             if ctx.preempted():

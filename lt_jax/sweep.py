@@ -1,4 +1,4 @@
-"""Runs a grid of methods x seeds: ``python -m lt_jax.sweep --config FILE --methods ...``.
+r"""Runs a grid of methods x seeds: ``python -m lt_jax.sweep --config FILE --methods ...``.
 
 Each run goes to ``ROOT/<method>_s<seed>`` (finished runs are skipped, interrupted
 ones resume from their checkpoints); afterwards ``python -m lt_jax.report
@@ -8,7 +8,9 @@ ones resume from their checkpoints); afterwards ``python -m lt_jax.report
       --methods ce,focal,cb_focal,ldam_drw,balanced_softmax,logit_adjusted,kps,kps_ga,fbl,gcl \
       --seeds 0,1,2
 
-``--config.KEY=VALUE`` overrides apply to every run, as in ``lt_jax.main``; with
+Config-file arguments go after the file name as in ``lt_jax.main`` (``--config
+configs/cifar_lt.py:epochs=10``; ``--args epochs=10`` is the same), and ``--config.KEY=VALUE``
+overrides apply to every run, as in ``lt_jax.main``; with
 ``--config.num_seeds=3`` each run trains seeds seed..seed+2 in one program and the report
 averages them (``ROOT/<method>_s<seed>`` then holds all three).
 """
@@ -16,6 +18,7 @@ averages them (``ROOT/<method>_s<seed>`` then holds all three).
 import argparse
 import ast
 import importlib.util
+import json
 import logging
 import os
 
@@ -55,18 +58,49 @@ def apply_override(config, item: str) -> None:
     node[leaf] = value
 
 
+def summary(finished: list[tuple[str, dict]]) -> str:
+    """The grid's table: each run's final epoch (and its seeds' mean where it has several)."""
+    from lt_jax import metrics
+
+    rows = {}
+    for workdir, results in finished:
+        name = os.path.basename(os.path.normpath(workdir))
+        rows[f"{name} final"] = results["final"]
+        agg = results.get("aggregate", {})
+        if len(agg.get("seeds", ())) > 1:
+            n = len(agg["seeds"])
+            mean = {k: v["mean"] for k, v in agg["final"].items()}
+            rows[f"{name} mean of {n} seeds"] = {
+                **dict.fromkeys(("top1", "many", "medium", "few", "ece")),
+                **mean,
+                "shot_convention": results["final"].get("shot_convention", "paper"),
+            }
+    return metrics.format_table(rows)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="config file, e.g. configs/default.py")
+    from lt_jax import catalog, cli
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lt_jax.sweep",
+        description=__doc__,
+        epilog=cli.catalog_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", required=True, help="config file and its arguments, configs/FILE.py[:a=1,...]"
+    )
     parser.add_argument("--root", required=True, help="parent folder of the run workdirs")
-    parser.add_argument("--methods", required=True, help="comma-separated method names")
+    parser.add_argument(
+        "--methods", required=True, help=f"comma-separated, of: {', '.join(catalog.METHODS)}"
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
-    parser.add_argument("--args", default="", help="extra config arguments, e.g. epochs=10")
+    parser.add_argument("--args", default="", help="config-file arguments, e.g. epochs=10")
     args, extra = parser.parse_known_args(argv)
     if any(not e.startswith("--config.") for e in extra):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-
-    from lt_jax import cli
+    path, colon, file_args = args.config.partition(".py:")
+    path = path + ".py" if colon else args.config
 
     cli.keep_host_memory()  # before JAX's backend starts (see lt_jax.main)
     from lt_jax import checkpoint, preflight, train
@@ -78,24 +112,35 @@ def main(argv=None):
     for method in args.methods.split(","):
         for seed in args.seeds.split(","):
             workdir = os.path.join(args.root, f"{method}_s{seed}")
-            arg = ",".join(filter(None, [f"method={method}", f"seed={seed}", args.args]))
+            arg = ",".join(filter(None, [file_args, args.args, f"method={method}", f"seed={seed}"]))
             try:
-                config = load_config(args.config, arg)
+                config = load_config(path, arg)
                 for item in extra:
                     apply_override(config, item)
                 preflight.check(config)
             except (ValueError, OSError) as e:
                 cli.fail(f"lt_jax.sweep: {workdir}", e, cli.USAGE)
             runs.append((workdir, config))
-    for workdir, config in runs:
-        if os.path.exists(os.path.join(workdir, "results.json")):
-            log.info("%s: finished, skipped", workdir)
+    finished = []
+    for k, (workdir, config) in enumerate(runs, 1):
+        done = os.path.join(workdir, "results.json")
+        if os.path.exists(done):
+            log.info("run %d of %d: %s finished before, skipped", k, len(runs), workdir)
+            with open(done) as f:
+                finished.append((workdir, json.load(f)))
             continue
+        log.info("run %d of %d: %s", k, len(runs), workdir)
         try:
             results = train.train_and_evaluate(config, workdir)
         except (ValueError, OSError, train.TrainingError, checkpoint.CheckpointError) as e:
             cli.fail(f"lt_jax.sweep: {workdir}", e)
-        log.info("%s: final top-1 %.4f", workdir, results["final"]["top1"])
+        finished.append((workdir, results))
+        log.info(
+            "run %d of %d: %s final top-1 %.2f%%", k, len(runs), workdir,
+            100 * results["final"]["top1"],
+        )  # fmt: skip
+    print(summary(finished))
+    print(f"compare them: python -m lt_jax.report '{os.path.join(args.root, '*')}'")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ batch types), ``optim.factory`` (optimizer), ``steps`` (state, train/eval steps)
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import time
@@ -37,6 +38,7 @@ from lt_jax.workdir import (
 from lt_jax.workdir import write_results as _write_results
 
 __all__ = ["TrainingError", "train_and_evaluate"]
+log = logging.getLogger("lt_jax.train")
 
 
 def train_and_evaluate(
@@ -58,7 +60,15 @@ def train_and_evaluate(
 
 def _run(config, workdir: str, eval_only: bool, start_time: float) -> dict:
     check_config(workdir, config)
+    where = f" from {config.dataset.data_dir}" if config.dataset.data_dir else ""
+    log.info("reading %s%s ...", config.dataset.name, where)
+    started = time.time()
     data, kept = datasets.load_dataset(config.dataset)
+    log.info(
+        "read %s: %d training images (long-tailed) in %d classes, %d test images, %.1f s",
+        config.dataset.name, len(data.train_labels), data.num_classes, len(data.test_labels),
+        time.time() - started,
+    )  # fmt: skip
     second = stage2.mode(config)  # checked before hours of stage 1, with the batch sizes:
     _check_batch_sizes(config, len(data.train_labels), second.trains)
     if not eval_only:

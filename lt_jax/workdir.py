@@ -200,16 +200,25 @@ def write_results(workdir: str, results: dict, name: str = "results.json") -> No
 
 
 class MetricWriter:
-    """JSON lines and TensorBoard event files in the workdir (process 0 only)."""
+    """JSON lines and TensorBoard event files in the workdir (process 0 only).
+
+    TensorBoard gets one run directory per stage (``tensorboard/stage1``,
+    ``tensorboard/stage2``: the first part of each tag), so stage 2's step count, which
+    starts again at 0, never runs backwards inside one event stream.
+    """
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, "metrics.jsonl")
+        self.root = os.path.join(workdir, "tensorboard")
         self.active = jax.process_index() == 0
-        self._tb = None
-        if self.active:
+        self._tb = {}
+
+    def _board(self, run: str):
+        if run not in self._tb:
             from tensorboardX import SummaryWriter  # light: protobuf + numpy, no TensorFlow
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb[run] = SummaryWriter(os.path.join(self.root, run))
+        return self._tb[run]
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.active:
@@ -218,11 +227,12 @@ class MetricWriter:
             f.write(json.dumps({"step": int(step), **values}) + "\n")
         for k, v in values.items():
             if isinstance(v, int | float):
-                self._tb.add_scalar(k, v, int(step))
+                self._board(k.split("/")[0]).add_scalar(k, v, int(step))
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for board in self._tb.values():
+            board.close()
+        self._tb = {}
 
 
 def install_sigterm():

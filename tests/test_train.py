@@ -48,7 +48,33 @@ def test_default_config_end_to_end(tmp_path):
     lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert any("stage1/test/top1" in line for line in lines)
     assert any("stage2/test/top1" in line for line in lines)
-    assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+    # TensorBoard: one run per stage, steps never going back, test metrics and lr there.
+    for stage in ("stage1", "stage2"):
+        (events,) = glob.glob(str(tmp_path / "tensorboard" / stage / "events.out.tfevents.*"))
+        scalars = _tensorboard_scalars(events)
+        steps = [step for step, _, _ in scalars]
+        assert steps == sorted(steps) and steps, stage
+        tags = {tag for _, tag, _ in scalars}
+        assert {f"{stage}/test/top1", f"{stage}/train/lr", f"{stage}/train/loss"} <= tags
+        top1 = [v for _, tag, v in scalars if tag == f"{stage}/test/top1"]
+        assert top1[-1] == pytest.approx(results[stage]["final"]["top1"], abs=1e-6)
+
+
+def _tensorboard_scalars(path):
+    """(step, tag, value) of an event file, read with the TFRecord framing (length,
+    crc, payload, crc) and the Event protobuf, independently of the writer."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    with open(path, "rb") as f:
+        while header := f.read(12):
+            (length,) = struct.unpack("<Q", header[:8])
+            event = event_pb2.Event.FromString(f.read(length))
+            f.read(4)
+            out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    return out
 
 
 @pytest.mark.parametrize("method", ["kps_ga_optax", "fbl", "ldam_drw"])
@@ -199,9 +225,13 @@ def test_every_config_loads_and_builds(path):
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="unknown config argument 'methd'; valid: "):
+    with pytest.raises(
+        ValueError, match=r"unknown config argument 'methd' \(did you mean 'method'\?\); valid: "
+    ):
         load_config("configs/default.py", "methd=ce")
-    with pytest.raises(ValueError, match="unknown method 'kpss'; valid: .*kps_ga_optax"):
+    with pytest.raises(
+        ValueError, match=r"unknown method 'kpss' \(did you mean 'kps'.*\?\); valid: .*kps_ga_optax"
+    ):
         load_config("configs/default.py", "method=kpss")
     with pytest.raises(ValueError, match="epochs='ten' is not a int"):
         load_config("configs/default.py", "epochs=ten")
@@ -212,7 +242,7 @@ def test_bad_run_settings(tmp_path):
         train.train_and_evaluate(tiny(batch_size=60), str(tmp_path / "a"))
     bad = tiny()
     bad.dataset.name = "svhn_lt"
-    with pytest.raises(ValueError, match="unknown dataset 'svhn_lt'; valid: .*imagenet_lt"):
+    with pytest.raises(ValueError, match="unknown dataset 'svhn_lt'.*; valid: .*imagenet_lt"):
         train.train_and_evaluate(bad, str(tmp_path / "b"))
     with pytest.raises(ValueError, match="unknown model 'resnet99'"):
         train.train_and_evaluate(tiny(model="resnet99"), str(tmp_path / "c"))
@@ -244,7 +274,11 @@ def test_missing_cifar_data_is_fast_clear_error(tmp_path):
     config = load_config("configs/default.py", "runlocal")
     config.dataset.name = "cifar10_lt"
     config.dataset.data_dir = str(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="no cifar10 python archive"):
+    with pytest.raises(FileNotFoundError, match="data_dir '.*nowhere' does not exist; set it to"):
+        datasets.load_dataset(config.dataset)
+    os.makedirs(tmp_path / "empty")
+    config.dataset.data_dir = str(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="exists but is not the CIFAR python archive"):
         datasets.load_dataset(config.dataset)
 
 
