@@ -33,20 +33,28 @@ def main(argv):
     cli.keep_host_memory()
     import jax  # after flag parsing and the CPU device setup
 
-    from lt_jax import checkpoint, metrics, preflight, train
+    from lt_jax import checkpoint, distributed, metrics, preflight, train
 
     try:
         preflight.check(config)  # a bad setting: one line and status 2 in seconds
     except ValueError as e:
         cli.fail("lt_jax", e, cli.USAGE)
-    if os.environ.get("LT_JAX_MULTIHOST"):
-        jax.distributed.initialize()
+    try:  # LT_JAX_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID, or LT_JAX_MULTIHOST=1
+        distributed.initialize()
+    except distributed.DistributedError as e:
+        cli.fail("lt_jax", e)
     cli.setup_logging()
     log = logging.getLogger("lt_jax")
     log.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, OSError, train.TrainingError, checkpoint.CheckpointError) as e:
+    except (
+        ValueError,
+        OSError,
+        train.TrainingError,
+        checkpoint.CheckpointError,
+        distributed.DistributedError,
+    ) as e:
         cli.fail("lt_jax", e)
     if jax.process_index() == 0:
         print(metrics.format_table(cli.result_rows(results)))

@@ -24,7 +24,7 @@ import ml_collections
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lt_jax import evaluation, methods, optim, preflight, stage2, steps
+from lt_jax import distributed, evaluation, methods, optim, preflight, stage2, steps
 from lt_jax.data import datasets, longtail, pipeline
 from lt_jax.loop import RunContext, Stage, run_stage
 from lt_jax.workdir import (
@@ -53,9 +53,32 @@ def train_and_evaluate(
     """
     start_time = time.time()
     config = preflight.check(config)  # every mistake knowable without the data, in seconds
-    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock:
+    with _cluster_lock(workdir):
         return _run(config, workdir, eval_only, start_time)
+
+
+@contextlib.contextmanager
+def _cluster_lock(workdir: str):
+    """The workdir lock, held by process 0 for the whole cluster: the others wait for its
+    verdict, so a second cluster on a locked workdir stops in every process."""
+    if jax.process_count() == 1:
+        with WorkdirLock(workdir):
+            yield
+        return
+    lock, error = WorkdirLock(workdir), ""
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except TrainingError as e:
+            error = str(e) or "the workdir lock was refused"
+    (verdict,) = distributed.agree("workdir_lock", error, root=0)
+    if verdict:
+        raise TrainingError(verdict if jax.process_index() == 0 else f"process 0: {verdict}")
+    try:
+        yield
+    finally:
+        if jax.process_index() == 0:
+            lock.release()
 
 
 def _run(config, workdir: str, eval_only: bool, start_time: float) -> dict:
@@ -83,7 +106,7 @@ def _run(config, workdir: str, eval_only: bool, start_time: float) -> dict:
         mesh=mesh,
         workdir=workdir,
         writer=MetricWriter(workdir),
-        preempted=install_sigterm(),
+        preempted=distributed.StopFlag(install_sigterm()),  # agreed by every process
         eval_only=eval_only,
     )
     counts = data.class_counts
