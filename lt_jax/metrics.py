@@ -27,6 +27,8 @@ def expected_calibration_error(confidences, correct, *, num_bins: int = 15) -> f
     correct = np.asarray(correct, np.float64)
     if confidences.size == 0:
         raise ValueError("ECE of an empty evaluation set is undefined")
+    if not np.isfinite(confidences).all():  # a diverged model's NaN scores
+        return float("nan")
     bins = np.minimum((confidences * num_bins).astype(np.int64), num_bins - 1)
     ece = 0.0
     for b in range(num_bins):

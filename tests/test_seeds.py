@@ -181,6 +181,30 @@ def test_a_diverged_seed_is_marked_and_the_others_go_on(caplog):
         one.loss({"loss": np.array(np.nan)}, 5, 0)
 
 
+def test_a_seed_diverging_in_a_real_run_is_marked_and_the_other_finishes(tmp_path, monkeypatch):
+    """End to end: seed 1 starts from NaN parameters (as a blown-up run would hold); the
+    run does not stop, seed 0 trains to the end, results.json marks seed 1 and leaves it
+    out of the aggregate."""
+    real = steps.init_state
+
+    def poisoned(config, *args, seed=None, **kwargs):
+        init = real(config, *args, seed=seed, **kwargs)
+        if seed == 1:
+            init.state["params"] = jax.tree.map(lambda x: x * np.nan, init.state["params"])
+        return init
+
+    monkeypatch.setattr(steps, "init_state", poisoned)
+    results = train.train_and_evaluate(tiny("ce", num_seeds=2), str(tmp_path))
+    saved = json.load(open(tmp_path / "results.json"))
+    for r in (results, saved):
+        assert [s["diverged"] for s in r["per_seed"]] == [False, True]
+        assert r["aggregate"]["seeds"] == [0] and r["aggregate"]["diverged"] == [1]
+        assert r["per_seed"][0]["final"]["top1"] > 0.3  # seed 0 trained (10 classes)
+        assert r["aggregate"]["final"]["top1"]["mean"] == r["per_seed"][0]["final"]["top1"]
+    for value in _params(tmp_path).values():  # the checkpoint holds both, seed 0's intact
+        assert np.isfinite(value[0]).all() and np.isnan(value[1]).all()
+
+
 def test_aggregate_leaves_out_diverged_seeds():
     from lt_jax import evaluation
 
