@@ -24,6 +24,7 @@ device work), not on a device collective that would wait for the queued steps.
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import jax
@@ -98,6 +99,10 @@ def initialize(environ=None) -> bool:
         return True
     if cluster["num_processes"] == 1:
         return False
+    if cluster["process_id"] != 0:
+        # JAX's client aborts the process (a fatal log and a stack dump) when it cannot
+        # register; a coordinator that is not there is told in one line first.
+        _wait_for_coordinator(cluster, timeout)
     try:
         jax.distributed.initialize(
             coordinator_address=cluster["coordinator"],
@@ -107,17 +112,30 @@ def initialize(environ=None) -> bool:
             initialization_timeout=timeout,
         )
     except (RuntimeError, ValueError) as e:  # XlaRuntimeError is a RuntimeError
-        who = (
-            f"the other {cluster['num_processes'] - 1} process(es) did not connect to it"
-            if cluster["process_id"] == 0
-            else "it is not running or not reachable"
-        )
         raise DistributedError(
             f"process {cluster['process_id']} of {cluster['num_processes']}: no cluster at "
-            f"coordinator {cluster['coordinator']} within {timeout} s ({who}; "
-            f"{_first(e)[:200]})"
+            f"coordinator {cluster['coordinator']} within {timeout} s ({_first(e)[:200]})"
         ) from None
     return True
+
+
+def _wait_for_coordinator(cluster: dict, timeout: float) -> None:
+    host, _, port = cluster["coordinator"].rpartition(":")
+    host = host.strip("[]")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=min(5.0, timeout)).close()
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise DistributedError(
+                    f"process {cluster['process_id']} of {cluster['num_processes']}: cannot "
+                    f"reach the coordinator {cluster['coordinator']} within {timeout:.0f} s "
+                    f"({e.strerror or e}); start process 0 there, or check "
+                    "LT_JAX_COORDINATOR / the firewall"
+                ) from None
+            time.sleep(0.5)
 
 
 def _first(e: BaseException) -> str:
@@ -170,6 +188,11 @@ class StopFlag:
     def __init__(self, local, every: int = 1):
         self.local, self.every = local, max(1, int(every))
         self.calls, self.seconds, self.stopped = 0, 0.0, False
+        self.who: list[int] = []  # the processes that asked to stop
+
+    def describe(self) -> str:
+        """``" (process 1)"`` when the stop came from a process of a cluster, else ``""``."""
+        return f" (process {', '.join(map(str, self.who))})" if self.who else ""
 
     def __call__(self) -> bool:
         if jax.process_count() == 1:
@@ -188,5 +211,6 @@ class StopFlag:
             except Exception:  # noqa: BLE001 - only housekeeping
                 pass
         self.seconds += time.perf_counter() - started
-        self.stopped = "1" in flags
+        self.who = [p for p, f in enumerate(flags) if f == "1"]
+        self.stopped = bool(self.who)
         return self.stopped

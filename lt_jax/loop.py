@@ -298,10 +298,13 @@ def _train(stage: Stage, ctx: RunContext, ckpt, sizes, health: Health):
             if step % config.log_every_steps == 0 or step == total_steps:
                 progress(m, step, epoch)
             if ctx.preempted():
+                who = getattr(ctx.preempted, "describe", str)()
+                log.info("%s: SIGTERM%s, saving step %d ...", stage.name, who, step)
                 health.save(step, state)
                 ckpt.wait()
                 raise TrainingError(
-                    f"SIGTERM: saved {stage.name} step {step} to {ckpt.directory}; rerun to resume"
+                    f"SIGTERM{who}: saved {stage.name} step {step} to {ckpt.directory}; rerun "
+                    "to resume"
                 )
         epoch += 1
         if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
