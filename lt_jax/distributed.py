@@ -139,8 +139,22 @@ def _wait_for_coordinator(cluster: dict, timeout: float) -> None:
 
 
 def _first(e: BaseException) -> str:
+    """The first line of an error, without gRPC's ``[type.googleapis.com/...]`` payloads."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return text.splitlines()[0].split(" [type.googleapis.com")[0] if text else type(e).__name__
+
+
+def abandon(message: str, status: int = 1) -> None:
+    """Exits at once with ``lt_jax: error: <message>``, skipping JAX's shutdown barrier,
+    which would wait for a peer that is gone until the heartbeat timeout and then abort
+    with a stack dump."""
+    import logging
+    import sys
+
+    logging.shutdown()
+    print(f"lt_jax: error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(status)
 
 
 def _client():
@@ -171,7 +185,7 @@ def agree(name: str, value: str = "", *, root: int | None = None) -> list[str]:
         except Exception as e:  # noqa: BLE001 - XlaRuntimeError(DEADLINE_EXCEEDED) and kin
             raise DistributedError(
                 f"process {p} did not reach {name} within {timeout_ms / 1000:.0f} s (stopped, "
-                f"hung or unreachable: {_first(e)[:120]}); stopping process {me} too"
+                f"hung or unreachable: {_first(e)[:160]}); stopping process {me} too"
             ) from None
     return values
 

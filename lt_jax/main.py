@@ -48,13 +48,9 @@ def main(argv):
     log.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (
-        ValueError,
-        OSError,
-        train.TrainingError,
-        checkpoint.CheckpointError,
-        distributed.DistributedError,
-    ) as e:
+    except distributed.DistributedError as e:  # a peer is gone: no shutdown barrier
+        distributed.abandon(cli.one_line(e))
+    except (ValueError, OSError, train.TrainingError, checkpoint.CheckpointError) as e:
         cli.fail("lt_jax", e)
     if jax.process_index() == 0:
         print(metrics.format_table(cli.result_rows(results)))
