@@ -13,6 +13,8 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.11",
     "numpy>=1.26",
     "absl-py>=2.0",
+    # JAX's persistent compilation cache evicts (and locks) with it (lt_jax.cli).
+    "filelock>=3.12",
     "pillow>=10",  # image-folder datasets
     "tensorboardX>=2.6",  # writes TensorBoard event files (no TensorFlow); viewer: [tensorboard]
     "grain>=0.2.12,<0.3",  # streamed input (ImageNet-LT, Places-LT, iNaturalist), no TensorFlow

@@ -23,6 +23,7 @@ def main(argv):
     from lt_jax import cli
 
     cli.keep_host_memory()  # before JAX's backend starts (see lt_jax.main)
+    cli.enable_compilation_cache()
     from lt_jax import checkpoint, metrics, train
 
     path = os.path.join(FLAGS.workdir, "config.json")

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -31,7 +32,12 @@ def main(argv):
         cli.fail("lt_jax", "--workdir is missing: give the folder the run writes to", cli.USAGE)
     cli.use_all_cpu_cores([config.batch_size, config.stage2.batch_size, config.eval_batch_size])
     cli.keep_host_memory()
+    cli.setup_logging()
+    spec = ":".join(filter(None, cli.config_spec(sys.argv) or ()))
+    logging.getLogger("lt_jax").info("lt_jax: %s, workdir %s", spec, FLAGS.workdir)
     import jax  # after flag parsing and the CPU device setup
+
+    cli.enable_compilation_cache()
 
     from lt_jax import checkpoint, distributed, metrics, preflight, train
 
@@ -43,13 +49,16 @@ def main(argv):
         distributed.initialize()
     except distributed.DistributedError as e:
         cli.fail("lt_jax", e)
-    cli.setup_logging()
     log = logging.getLogger("lt_jax")
     log.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except distributed.DistributedError as e:  # a peer is gone: no shutdown barrier
         distributed.abandon(cli.one_line(e))
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        distributed.abandon(distributed.collective_failed(e))
     except (ValueError, OSError, train.TrainingError, checkpoint.CheckpointError) as e:
         cli.fail("lt_jax", e)
     if jax.process_index() == 0:

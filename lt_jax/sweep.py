@@ -103,6 +103,7 @@ def main(argv=None):
     path = path + ".py" if colon else args.config
 
     cli.keep_host_memory()  # before JAX's backend starts (see lt_jax.main)
+    cli.enable_compilation_cache()
     from lt_jax import checkpoint, preflight, train
 
     cli.setup_logging()

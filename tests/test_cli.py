@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from lt_jax import catalog, cli, config_lib, methods, stage2
@@ -107,3 +108,35 @@ def test_config_spec_parsing():
     assert cli.config_spec(["x", "--config", "c/a.py:m=1,e=2"]) == ("c/a.py", "m=1,e=2")
     assert cli.config_spec(["x", "--config=c/a.py"]) == ("c/a.py", "")
     assert cli.config_spec(["x", "--workdir", "w"]) is None
+
+
+def test_compilation_cache_is_keyed_by_cpu_and_can_be_turned_off(tmp_path, monkeypatch):
+    script = (
+        "import jax, jax.numpy as jnp\n"
+        "from lt_jax import cli\n"
+        "print(cli.enable_compilation_cache())\n"
+        "jax.jit(lambda x: jnp.sin(x) * 3)(jnp.ones(7)).block_until_ready()\n"
+    )
+    env = dict(ENV, LT_JAX_CACHE=str(tmp_path))
+
+    def run(**extra):
+        out = subprocess.run([sys.executable, "-c", script], env={**env, **extra},
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().splitlines()[-1]
+
+    folder = run()
+    assert folder.startswith(str(tmp_path / "xla")) and os.listdir(folder)  # programs written
+    assert run() == folder  # the same host: the same folder
+    assert run(LT_JAX_COMPILATION_CACHE="0") == "None"
+    # Another CPU (or jax version) gets another folder.
+    from lt_jax.models import native
+
+    original = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setattr(native, "_cpu_identity", lambda: "x86_64 flags: sse2")
+        monkeypatch.setenv("LT_JAX_CACHE", str(tmp_path))
+        other = cli.enable_compilation_cache()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", original)
+    assert other != folder and os.path.dirname(other) == os.path.dirname(folder)
