@@ -144,6 +144,15 @@ def _first(e: BaseException) -> str:
     return text.splitlines()[0].split(" [type.googleapis.com")[0] if text else type(e).__name__
 
 
+def collective_failed(error: BaseException) -> str:
+    """The one line for a device computation of a cluster that failed (gloo reports a
+    peer's closed connection at once)."""
+    return (
+        f"process {jax.process_index()}: a computation across the processes failed "
+        f"({_first(error)[:200]}); a peer process stopped or is unreachable"
+    )
+
+
 def abandon(message: str, status: int = 1) -> None:
     """Exits at once with ``lt_jax: error: <message>``, skipping JAX's shutdown barrier,
     which would wait for a peer that is gone until the heartbeat timeout and then abort
