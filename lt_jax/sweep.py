@@ -65,16 +65,16 @@ def summary(finished: list[tuple[str, dict]]) -> str:
     rows = {}
     for workdir, results in finished:
         name = os.path.basename(os.path.normpath(workdir))
-        rows[f"{name} final"] = results["final"]
+        blank = {
+            **dict.fromkeys(("top1", "many", "medium", "few", "ece")),
+            "shot_convention": "paper",
+        }
+        rows[f"{name} final"] = {**blank, **results["final"]}
         agg = results.get("aggregate", {})
         if len(agg.get("seeds", ())) > 1:
             n = len(agg["seeds"])
             mean = {k: v["mean"] for k, v in agg["final"].items()}
-            rows[f"{name} mean of {n} seeds"] = {
-                **dict.fromkeys(("top1", "many", "medium", "few", "ece")),
-                **mean,
-                "shot_convention": results["final"].get("shot_convention", "paper"),
-            }
+            rows[f"{name} mean of {n} seeds"] = {**rows[f"{name} final"], **mean}
     return metrics.format_table(rows)
 
 
