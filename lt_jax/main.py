@@ -61,6 +61,14 @@ def main(argv):
         distributed.abandon(distributed.collective_failed(e))
     except (ValueError, OSError, train.TrainingError, checkpoint.CheckpointError) as e:
         cli.fail("lt_jax", e)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback from deep inside JAX
+        print(
+            "lt_jax: interrupted; the newest checkpoint is kept, rerun to resume", file=sys.stderr
+        )
+        sys.stderr.flush()
+        # The workdir lock and the checkpointer are closed by now; an XLA compile may still
+        # run on another thread, which interpreter teardown would crash into.
+        os._exit(130)
     if jax.process_index() == 0:
         print(metrics.format_table(cli.result_rows(results)))
         print(f"results: {os.path.join(FLAGS.workdir, 'results.json')}")
