@@ -4,8 +4,8 @@ r"""The offline default: MNIST-LT (IF 100, real digits shipped with the install)
   python -m lt_jax.main --config configs/default.py:method=ce --workdir /tmp/lt_jax_ce
 
 Data: the 5,000 MNIST digits shipped in lt_jax (lt_jax/data/mnist_5k.npz), 100 per
-class held out as the balanced test set, the exponential profile with IF 100 on the remaining 400 per
-class: train counts [400, 239, 143, 86, 51, 30, 18, 11, 6, 4] (988 images).
+class held out as the balanced test set, the exponential profile with IF 100 on the
+remaining 400 per class: train counts [400, 239, 143, 86, 51, 30, 18, 11, 6, 4] (988 images).
 Model: a small CNN, 30 epochs, batch 64, SGD 0.9, lr 0.05 with 2 warm-up epochs
 and x0.1 / x0.01 at epochs 24 / 27. Runs in about a minute on a 2-core CPU and
 prints the many / medium / few table. With method=gcl (default) a second stage
