@@ -143,9 +143,11 @@ def worker(args) -> None:
 
     from lt_jax.data import datasets, samplers, splits, streaming
 
-    if args.counts:  # a small ImageNet-LT-shaped list (the test)
+    if args.counts:  # a small ImageNet-LT-shaped list (the test, --train)
         counts = json.loads(args.counts)
         splits.SPLIT_LISTS["imagenet_lt"] = small_spec(counts)
+    if args.train:
+        return train_worker(args)
     cfg = config_lib.base_config().dataset
     cfg.name, cfg.data_dir, cfg.lists_dir = "imagenet_lt", args.root, args.root
     started = time.perf_counter()
@@ -196,8 +198,38 @@ def worker(args) -> None:
     print(json.dumps(result), flush=True)
 
 
+def train_worker(args) -> None:
+    """One process of ``configs/imagenet_lt.py:runlocal`` (ResNet-50, bf16, streamed input,
+    FBL) trained by ``lt_jax.train`` on the small list: the pod's code path, end to end."""
+    import importlib.util
+
+    import jax
+
+    from lt_jax import train
+
+    spec = importlib.util.spec_from_file_location("imagenet_lt", f"{ROOT}/configs/imagenet_lt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(f"runlocal=True,data_dir={args.root},lists_dir={args.root}")
+    config.dataset.image_size = args.size
+    config.log_every_steps = 1
+    started = time.perf_counter()
+    results = train.train_and_evaluate(config, args.train)
+    print(json.dumps({
+        "process": jax.process_index(),
+        "processes": jax.process_count(),
+        "devices": results["devices"],
+        "model": config.model,
+        "dtype": config.dtype,
+        "batch_size": config.batch_size,
+        "top1": results["final"]["top1"],
+        "seconds": time.perf_counter() - started,
+        "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }), flush=True)  # fmt: skip
+
+
 def run_cluster(root, *, processes=2, batch=256, size=64, batches=0, threads=8, counts=None,
-                record=False, timeout=3600):  # fmt: skip
+                record=False, train=None, timeout=3600):  # fmt: skip
     """Starts ``processes`` workers as one cluster on a free localhost port; their results."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -206,6 +238,7 @@ def run_cluster(root, *, processes=2, batch=256, size=64, batches=0, threads=8, 
     cmd += ["--batch", str(batch), "--size", str(size), "--batches", str(batches)]
     cmd += ["--threads", str(threads)] + (["--record"] if record else [])
     cmd += ["--counts", json.dumps([int(c) for c in counts])] if counts is not None else []
+    cmd += ["--train", train] if train else []
     procs = []
     for i in range(processes):
         env = {k: v for k, v in os.environ.items() if not k.startswith("LT_JAX_")}
@@ -242,6 +275,24 @@ def check_once_per_epoch(results, batch) -> None:
     assert seen == sorted(order), "an image was read twice or never"
 
 
+TRAIN_COUNTS = [24, 16, 12, 8, 4]  # 64 images: 4 steps of runlocal's batch 16
+
+
+def train_main(args) -> None:
+    """``--train``: the ResNet-50 ImageNet-LT code path on a 2-process CPU cluster."""
+    generate(args.root, TRAIN_COUNTS, args.stored, workers=1, test_per_class=4)
+    try:
+        results = run_cluster(
+            args.root, processes=args.processes, size=args.size, counts=TRAIN_COUNTS,
+            train=args.train,
+        )  # fmt: skip
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.root, ignore_errors=True)
+    for r in results:
+        print(json.dumps(r))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="/tmp/lt_jax_inlt_synthetic")
@@ -253,12 +304,21 @@ def main():
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--noise", action="store_true", help="noise images instead of CIFAR")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
+    parser.add_argument(
+        "--train",
+        default="",
+        metavar="WORKDIR",
+        help="instead: train configs/imagenet_lt.py:runlocal (ResNet-50, bf16, streamed) for "
+        "one epoch of a 64-image ImageNet-LT-shaped list at --size px with the cluster",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--record", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--counts", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    if args.train:
+        return train_main(args)
     counts = imagenet_lt_counts()
     if not os.path.exists(os.path.join(args.root, "ImageNet_LT_train.txt")):
         seconds = generate(args.root, counts, args.stored, use_cifar=not args.noise)

@@ -203,15 +203,23 @@ class StopFlag:
     """``() -> bool``, called once per training step by every process: True, on every
     process at the same call, once any process's ``local()`` said True.
 
-    One process: ``local()`` itself. Several: every ``every`` calls the processes exchange
-    their flags through the coordinator (:func:`agree`); between exchanges it says False.
+    One process: ``local()`` itself. Several: every ``every`` calls the processes meet at a
+    barrier of the coordinator, a process told to stop having left a key first, and read
+    the round's keys (two RPCs per process, whatever the number of processes); between
+    exchanges it says False.
     ``seconds`` accumulates the time spent exchanging (its cost, ``benchmarks/``).
     """
 
     def __init__(self, local, every: int = 1):
         self.local, self.every = local, max(1, int(every))
-        self.calls, self.seconds, self.stopped = 0, 0.0, False
+        self.calls, self.exchanges, self.seconds, self.stopped = 0, 0, 0.0, False
         self.who: list[int] = []  # the processes that asked to stop
+
+    def cost(self) -> str:
+        """``"N exchanges, X ms each"`` so far (empty with one process)."""
+        if not self.exchanges:
+            return ""
+        return f"{self.exchanges} exchanges, {1000 * self.seconds / self.exchanges:.2f} ms each"
 
     def describe(self) -> str:
         """``" (process 1)"`` when the stop came from a process of a cluster, else ``""``."""
@@ -226,14 +234,22 @@ class StopFlag:
         if self.calls % self.every:
             return False
         started = time.perf_counter()
-        rnd = self.calls // self.every
-        flags = agree(f"stop/{rnd}", "1" if self.local() else "0")
-        if rnd > 2:  # every peer has read round rnd - 2 (it published rnd - 1 after that)
-            try:
-                _client().key_value_delete(f"lt_jax/stop/{rnd - 2}/{jax.process_index()}")
-            except Exception:  # noqa: BLE001 - only housekeeping
-                pass
-        self.seconds += time.perf_counter() - started
-        self.who = [p for p, f in enumerate(flags) if f == "1"]
+        rnd, me = self.calls // self.every, jax.process_index()
+        # Two RPCs whatever the process count: a process told to stop leaves a key, all
+        # meet at a barrier, then each lists the keys of the round.
+        client, timeout_ms = _client(), int(1000 * _seconds("LT_JAX_PEER_TIMEOUT", 300.0))
+        if self.local():
+            client.key_value_set(f"lt_jax/stop/{rnd}/{me}", "1")
+        try:
+            client.wait_at_barrier(f"lt_jax_stop_{rnd}", timeout_ms)
+        except Exception as e:  # noqa: BLE001 - XlaRuntimeError(DEADLINE_EXCEEDED) and kin
+            raise DistributedError(
+                f"process {me}: a peer did not reach step check {rnd} within "
+                f"{timeout_ms / 1000:.0f} s (stopped, hung or unreachable: {_first(e)[:160]})"
+            ) from None
+        keys = client.key_value_dir_get(f"lt_jax/stop/{rnd}/")
+        self.who = sorted(int(k.rsplit("/", 1)[-1]) for k, _ in keys)
         self.stopped = bool(self.who)
+        self.seconds += time.perf_counter() - started
+        self.exchanges += 1
         return self.stopped

@@ -238,6 +238,9 @@ def run_stage(stage: Stage, ctx: RunContext) -> tuple[Any, dict]:
         state, history, feats = _train(stage, ctx, ckpt, sizes, health)
     finally:
         ckpt.close()  # waits for a pending save; no Orbax thread outlives the stage
+    if cost := getattr(ctx.preempted, "cost", str)():
+        log.info("%s: the processes agreed on the stop flag after every step (%s)", stage.name,
+                 cost)  # fmt: skip
     if not history:  # resumed after the end: evaluate once
         scores, feats = stage.scores(state)
         history.append(_summaries(stage, ctx, scores))

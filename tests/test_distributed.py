@@ -255,7 +255,7 @@ def test_a_lost_peer_stops_the_other_in_bounded_time_and_a_restart_resumes(refer
     assert last.startswith(  # gloo notices the closed connection, or the stop flag times out
         (
             "lt_jax: error: process 0: a computation across the processes failed",
-            "lt_jax: error: process 1 did not reach",
+            "lt_jax: error: process 0: a peer did not reach step check",
         )
     ), out0[-3000:]
     results = _run(workdir, TRAIN + EPOCHS4)
