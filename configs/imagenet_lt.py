@@ -1,6 +1,6 @@
 r"""ImageNet-LT and iNaturalist 2018 with ResNet-50 / ResNeXt-50, streamed from disk.
 
-  python -m lt_jax.main --workdir gs://bucket/inlt_fbl \
+  python -m lt_jax.main --workdir /mnt/runs/inlt_fbl \
     --config configs/imagenet_lt.py:dataset=imagenet_lt,method=fbl,data_dir=/data/imagenet
   python -m lt_jax.main --workdir /tmp/inat_gcl \
     --config configs/imagenet_lt.py:dataset=inat2018,method=gcl,data_dir=/data/inat2018
