@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -105,7 +106,9 @@ def _build() -> str:
     lib = os.path.join(_cache_dir(), f"conv3x3-{key.hexdigest()[:16]}.so")
     if os.path.exists(lib):
         return lib
-    logging.getLogger("lt_jax").info("building the native CPU kernels once: %s", lib)
+    log = logging.getLogger("lt_jax")
+    log.info("building the native CPU kernels (once per CPU and version, about 10 s): %s", lib)
+    started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "conv3x3.cc")
         with open(src, "wb") as f:
@@ -127,6 +130,7 @@ def _build() -> str:
         staged = f"{lib}.{os.getpid()}.tmp"
         shutil.copyfile(out, staged)
         os.replace(staged, lib)
+    log.info("built the native CPU kernels in %.1f s", time.time() - started)
     return lib
 
 
