@@ -60,7 +60,7 @@ def unknown(what: str, value, valid: Iterable) -> ValueError:
     ``unknown("method", "gcll", METHODS)`` -> ``unknown method 'gcll' (did you mean 'gcl'?);
     valid: ...``.
     """
-    valid = sorted(map(str, valid))
+    valid = [str(v) for v in valid]  # in the caller's order
     close = difflib.get_close_matches(str(value), valid, n=3, cutoff=0.6)
     hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
     return ValueError(f"unknown {what} {value!r}{hint}; valid: {', '.join(valid)}")
@@ -114,7 +114,7 @@ def parse_arg(arg, **defaults):
         key, _, value = item.partition("=")
         key = key.strip()
         if key not in defaults:
-            raise unknown("config argument", key, defaults)
+            raise unknown("config argument", key, sorted(defaults))
         out[key] = _convert(key, value.strip() if "=" in item else "", defaults[key])
     return ml_collections.ConfigDict(out)
 
@@ -127,7 +127,7 @@ def loss_config(method, total_epochs, reference_epochs=LOSS_DEFAULTS_EPOCHS):
     ``epochs`` with the rest (a second rounding when the recipe is not 200 epochs long).
     """
     if method not in LOSS_DEFAULTS:
-        raise unknown("method", method, LOSS_DEFAULTS)
+        raise unknown("method", method, sorted(LOSS_DEFAULTS))
     loss = _scale_loss(LOSS_DEFAULTS[method], total_epochs, reference_epochs)
     return ml_collections.ConfigDict(loss)
 
@@ -230,7 +230,7 @@ def stage2_config(preset, *, epochs, lr=0.002, batch_size=64, mixup_alpha=0.0):
     the ``epochs`` given; ``resolve`` stretches them with ``stage2.epochs``.
     """
     if preset not in STAGE2_PRESETS:
-        raise unknown("stage2 preset", preset, STAGE2_PRESETS)
+        raise unknown("stage2 preset", preset, sorted(STAGE2_PRESETS))
     c = ml_collections.ConfigDict(STAGE2_PRESETS[preset])
     loss = loss_config(c.method, epochs).to_dict()
     if preset == "gcl":

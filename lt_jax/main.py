@@ -32,9 +32,6 @@ def main(argv):
         cli.fail("lt_jax", "--workdir is missing: give the folder the run writes to", cli.USAGE)
     cli.use_all_cpu_cores([config.batch_size, config.stage2.batch_size, config.eval_batch_size])
     cli.keep_host_memory()
-    cli.setup_logging()
-    spec = ":".join(filter(None, cli.config_spec(sys.argv) or ()))
-    logging.getLogger("lt_jax").info("lt_jax: %s, workdir %s", spec, FLAGS.workdir)
     import jax  # after flag parsing and the CPU device setup
 
     cli.enable_compilation_cache()
@@ -45,6 +42,9 @@ def main(argv):
         preflight.check(config)  # a bad setting: one line and status 2 in seconds
     except ValueError as e:
         cli.fail("lt_jax", e, cli.USAGE)
+    cli.setup_logging()
+    spec = ":".join(filter(None, cli.config_spec(sys.argv) or ()))
+    logging.getLogger("lt_jax").info("lt_jax: %s, workdir %s", spec, FLAGS.workdir)
     try:  # LT_JAX_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID, or LT_JAX_MULTIHOST=1
         distributed.initialize()
     except distributed.DistributedError as e:

@@ -132,7 +132,7 @@ DATASETS: dict[str, DatasetInfo] = {
 def info(name: str) -> DatasetInfo:
     """The registry entry of ``name``; an unknown name is a one-line error listing them."""
     if name not in DATASETS:
-        raise config_lib.unknown("dataset", name, DATASETS)
+        raise config_lib.unknown("dataset", name, sorted(DATASETS))
     return DATASETS[name]
 
 
