@@ -69,9 +69,14 @@ def config_spec(argv) -> tuple[str, str] | None:
             spec = argv[i + 1]
         else:
             continue
-        path, _, arg = spec.partition(".py:")
-        return (path + ".py", arg) if _ else (spec, "")
+        return split_config_spec(spec)
     return None
+
+
+def split_config_spec(spec: str) -> tuple[str, str]:
+    """``configs/x.py:a=1,b`` -> (``configs/x.py``, ``a=1,b``); no argument: ``""``."""
+    path, colon, arg = spec.partition(".py:")
+    return (path + ".py", arg) if colon else (spec, "")
 
 
 def load_config_module(path: str):
@@ -349,11 +354,8 @@ def enable_compilation_cache() -> str | None:
 
     from lt_jax.models import native
 
-    root = os.environ.get("LT_JAX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lt_jax"
-    )
     key = f"{native._cpu_identity()}|{jax.__version__}|{jaxlib.__version__}"
-    path = os.path.join(root, "xla", hashlib.sha256(key.encode()).hexdigest()[:16])
+    path = os.path.join(native.cache_root(), "xla", hashlib.sha256(key.encode()).hexdigest()[:16])
     try:
         os.makedirs(path, exist_ok=True)
     except OSError:

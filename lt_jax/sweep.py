@@ -17,17 +17,15 @@ averages them (``ROOT/<method>_s<seed>`` then holds all three).
 
 import argparse
 import ast
-import importlib.util
 import json
 import logging
 import os
 
 
 def load_config(path: str, arg: str):
-    spec = importlib.util.spec_from_file_location("lt_jax_sweep_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    from lt_jax import cli
+
+    return cli.load_config_module(path).get_config(arg)
 
 
 def apply_override(config, item: str) -> None:
@@ -99,8 +97,7 @@ def main(argv=None):
     args, extra = parser.parse_known_args(argv)
     if any(not e.startswith("--config.") for e in extra):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    path, colon, file_args = args.config.partition(".py:")
-    path = path + ".py" if colon else args.config
+    path, file_args = cli.split_config_spec(args.config)
 
     cli.keep_host_memory()  # before JAX's backend starts (see lt_jax.main)
     cli.enable_compilation_cache()

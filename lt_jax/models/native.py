@@ -78,10 +78,16 @@ def _cpu_identity() -> str:
     return "".join(ident)
 
 
-def _cache_dir() -> str:
-    root = os.environ.get("LT_JAX_CACHE") or os.path.join(
+def cache_root() -> str:
+    """lt_jax's cache folder: ``$LT_JAX_CACHE``, else ``$XDG_CACHE_HOME/lt_jax`` or
+    ``~/.cache/lt_jax`` (not created here)."""
+    return os.environ.get("LT_JAX_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lt_jax"
     )
+
+
+def _cache_dir() -> str:
+    root = cache_root()
     try:
         os.makedirs(root, exist_ok=True)
         if os.access(root, os.W_OK):
