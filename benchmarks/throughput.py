@@ -272,8 +272,11 @@ def main():
             torch_rates.append(theirs.run(args.steps))
     j = float(np.median(jax_rates))
     from lt_jax.models import kernels
+    from lt_jax.models import native as native_lib
 
-    native = " + native" if ours.impl == "cpu" and kernels.native_enabled() else ""
+    native = ""
+    if ours.impl == "cpu" and kernels.native_enabled():
+        native = " + native" if native_lib.convolutions_enabled() else " + native sums"
     print(
         f"lt_jax  ResNet-32 train step, batch {args.batch}: {j:8.1f} images/s "
         f"(compile {ours.compile_s:.1f} s; kernels {ours.impl}{native}, compiler options "

@@ -237,7 +237,7 @@ def main_help(argv) -> str:
             out.append("")
     out.append(catalog_text())
     out += [
-        "environment: LT_JAX_NATIVE (0/1: the native CPU convolutions), LT_JAX_CPU_DEVICES,",
+        "environment: LT_JAX_NATIVE (0/1: the native CPU kernels), LT_JAX_CPU_DEVICES,",
         "  LT_JAX_MULTIHOST=1 or LT_JAX_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID (several",
         "  processes, docs/scale.md), LT_JAX_CACHE (compiled programs and native kernels,",
         "  default ~/.cache/lt_jax), LT_JAX_COMPILATION_CACHE=0, LT_JAX_KEEP_HOST_MEMORY=0.",

@@ -231,27 +231,46 @@ def test_native_kernels_can_be_switched_off(tmp_path):
 AUTO_CHECK = """
 import json
 from lt_jax.models import native
-print(json.dumps(dict(ok=native.available(), why=native.unavailable_reason())))
+print(json.dumps(dict(
+    ok=native.available(), why=native.unavailable_reason(),
+    conv=native.convolutions_enabled(), conv_why=native.convolutions_off_reason(),
+)))
 """
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU flags from Linux")
-def test_by_default_the_kernels_are_on_only_where_they_beat_xla(tmp_path):
-    """Unset LT_JAX_NATIVE: on an x86 CPU without AVX-512 they are off (with the reason),
-    elsewhere on; LT_JAX_NATIVE=1 forces them on anyway."""
+def test_by_default_the_convolutions_are_native_only_where_they_beat_xla(tmp_path):
+    """Unset LT_JAX_NATIVE: the library is built everywhere; on an x86 CPU without AVX-512
+    only the BatchNorm sums use it and the convolutions stay XLA's (with the reason), in a
+    ResNet step too; LT_JAX_NATIVE=1 forces the convolutions on anyway."""
     env = {k: v for k, v in os.environ.items() if k != "LT_JAX_NATIVE"}
     res = subprocess.run(
         [sys.executable, "-c", AUTO_CHECK], env=env, capture_output=True, text=True, timeout=600
     )
     out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["ok"] and out["why"] is None, out
     with open("/proc/cpuinfo") as f:
         flags = next(line for line in f if line.startswith("flags")).split()
     if "avx512f" in flags:
-        assert out["ok"] and out["why"] is None, out
+        assert out["conv"] and out["conv_why"] is None, out
     else:
-        assert not out["ok"] and "no AVX-512" in out["why"], out
+        assert not out["conv"] and "no AVX-512" in out["conv_why"], out
         forced, _ = _run(AUTO_CHECK, tmp_path, LT_JAX_NATIVE="1")
-        assert forced["ok"], forced
+        assert forced["conv"] and forced["conv_why"] is None, forced
+        model = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(MODEL_CHECK)],
+            env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=600,
+        )
+        assert model.returncode == 0, model.stderr[-3000:]
+        step = json.loads(model.stdout.strip().splitlines()[-1])
+        assert step["enabled"] and step["calls_xla"] == 0, step
+        # 13 BatchNorms, each a forward and a backward sum; no convolution.
+        assert step["calls_cpu"] == 2 * 13, step
+        assert step["grad_err"] < 1e-4, step
 
 
 CACHE_LISTING = """

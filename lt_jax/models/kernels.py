@@ -274,7 +274,8 @@ class Conv(nnx.Conv):
 
     Every other case is ``nnx.Conv`` itself: other implementations, kernel sizes,
     paddings, dilations and groups, non-float32 inputs, output channels not a multiple
-    of 16, and whenever :func:`native_enabled` is False.
+    of 16, whenever :func:`native_enabled` is False, and on hosts where XLA's
+    convolutions are the faster ones (:func:`lt_jax.models.native.convolutions_enabled`).
     """
 
     def __init__(self, *args, impl: str = "xla", **kwargs):
@@ -299,6 +300,7 @@ class Conv(nnx.Conv):
             or x.dtype != jnp.float32
             or not native.supports(x.shape, self.kernel_shape, strides[0], x.dtype)
             or not native_enabled()
+            or not native.convolutions_enabled()
         ):
             return None
         return strides[0]
