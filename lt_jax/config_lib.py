@@ -150,7 +150,7 @@ def base_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
     # Seeds seed, seed + 1, ..., seed + num_seeds - 1 trained together by one vmapped step
-    # (in-memory datasets): per-seed results and their mean / sample std in results.json.
+    # (streamed datasets decode each seed's batch): per-seed results, mean / sample std.
     c.num_seeds = 1
     c.dataset = ml_collections.ConfigDict(
         dict(

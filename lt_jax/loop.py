@@ -289,7 +289,11 @@ def _train(stage: Stage, ctx: RunContext, ckpt, sizes, health: Health):
         ]
         order = np.stack(orders) if stage.stacked else orders[0]
         batches = ctx.input.train(
-            order, epoch=epoch, start_batch=offset, sizes=sizes, seed=config.seed
+            order,
+            epoch=epoch,
+            start_batch=offset,
+            sizes=sizes,
+            seed=list(stage.seeds) if stage.stacked else config.seed,
         )
         for batch in batches:
             state, m = stage.step(state, batch, key)

@@ -57,11 +57,6 @@ def check(config):
     _choice("config.dataset.profile", d.profile, (*longtail.PROFILES, "none"))
     _choice("config.dataset.split_protocol", d.split_protocol, longtail.SPLIT_PROTOCOLS)
     _choice("config.dataset.augment", d.augment, AUGMENTATIONS)
-    if config.num_seeds > 1 and datasets.DATASETS[d.name].streamed:
-        raise ValueError(
-            f"config.num_seeds={config.num_seeds} needs an in-memory dataset; {d.name} is "
-            "streamed from disk: run one seed per process (lt_jax.sweep --seeds)"
-        )
     _choice("model", config.model, models.MODELS)
     _choice("config.kernels", config.kernels, KERNELS)
     _choice("dtype", config.dtype, steps.DTYPES)

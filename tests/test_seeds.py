@@ -14,7 +14,6 @@ from lt_jax import (
     loop,
     methods,
     optim,
-    preflight,
     report,
     steps,
     sweep,
@@ -228,13 +227,6 @@ def test_second_stage_modes_train_every_seed(tmp_path, preset):
     assert [r["seed"] for r in results["stage2"]["per_seed"]] == [0, 1]
     tops = [r["final"]["top1"] for r in results["stage2"]["per_seed"]]
     assert all(0 < t <= 1 for t in tops)
-
-
-def test_streamed_datasets_refuse_several_seeds():
-    config = tiny("ce", num_seeds=2)
-    config.dataset.name = "imagenet_lt"
-    with pytest.raises(ValueError, match="num_seeds=2 needs an in-memory dataset"):
-        preflight.check(config)
 
 
 def test_sweep_applies_config_overrides_to_every_run(tmp_path, monkeypatch, capsys):

@@ -116,6 +116,27 @@ def test_streamed_batches_deterministic_and_complete(tmp_path):
     assert len(ev) == 3 and masks.sum() == 12 and ev[-1][0].shape == (5, 16, 16, 3)
 
 
+def test_several_seeds_stream_each_seeds_own_batches(tmp_path):
+    """Two seeds with two orders in one pipeline: batch [2, rows, ...] whose slice k is
+    exactly the batch a run with seed k alone reads (same images, same crops and flips)."""
+    make_fixture(tmp_path)
+    files, labels, _ = streaming.folder_file_lists(str(tmp_path), "train")
+    orders = np.stack([np.arange(len(files))[::-1], np.random.default_rng(0).permutation(12)])
+    kw = dict(batch_size=4, epoch=2, size=16, num_threads=2, start_batch=1)
+    both = list(streaming.train_batches(files, labels, orders, seed=[3, 8], **kw))
+    alone = [list(streaming.train_batches(files, labels, o, seed=s, **kw)) for o, s in
+             zip(orders, (3, 8), strict=True)]  # fmt: skip
+    assert len(both) == 2 and both[0][0].shape == (2, 4, 16, 16, 3) and both[0][1].shape == (2, 4)
+    for b, (x, y) in enumerate(both):
+        for k in range(2):
+            np.testing.assert_array_equal(x[k], alone[k][b][0])
+            np.testing.assert_array_equal(y[k], alone[k][b][1])
+    np.testing.assert_array_equal(both[0][1][1], labels[orders[1][4:8]])
+    assert not np.array_equal(both[0][0][0], both[0][0][1])
+    with pytest.raises(ValueError, match="2 index orders but 1 seeds"):
+        next(streaming.train_batches(files, labels, orders, seed=3, **kw))
+
+
 def test_corrupt_streamed_image_names_the_file(tmp_path):
     make_fixture(tmp_path)
     bad = tmp_path / "train" / "c0" / "0.jpg"
@@ -124,7 +145,7 @@ def test_corrupt_streamed_image_names_the_file(tmp_path):
         streaming.eval_transform(str(bad), 16, 20)
 
 
-def test_train_end_to_end_on_streamed_split_lists(tiny_lists, tmp_path):
+def _streamed_config(tiny_lists):
     config = load_config("configs/default.py", "method=ldam_drw,runlocal")
     config.unlock()
     config.dataset.name = "imagenet_lt"
@@ -135,7 +156,29 @@ def test_train_end_to_end_on_streamed_split_lists(tiny_lists, tmp_path):
     config.batch_size = 8
     config.epochs = 1
     config.eval_batch_size = 8
+    return config
+
+
+def test_train_end_to_end_on_streamed_split_lists(tiny_lists, tmp_path):
+    config = _streamed_config(tiny_lists)
     results = train.train_and_evaluate(config, str(tmp_path / "work"))
     assert results["train_class_counts"] == [6, 4, 2]
     assert len(results["final"]["per_class_accuracy"]) == 3
     assert sum(np.array(results["final"]["confusion_matrix"]).ravel()) == 6  # every test image once
+
+
+def test_two_seeds_on_a_streamed_dataset_train_as_the_runs_with_each_seed(tiny_lists, tmp_path):
+    """num_seeds=2 on the streamed path: seed 1 of the pair ends with the parameters of the
+    run with seed 1 alone (float32 rounding of the vmapped program), per-seed results."""
+    from tests.test_seeds import _params
+
+    config = _streamed_config(tiny_lists)
+    config.num_seeds = 2
+    together = train.train_and_evaluate(config, str(tmp_path / "k2"))
+    config.num_seeds, config.seed = 1, 1
+    train.train_and_evaluate(config, str(tmp_path / "s1"))
+    assert [r["seed"] for r in together["per_seed"]] == [0, 1]
+    stacked, single = _params(str(tmp_path / "k2")), _params(str(tmp_path / "s1"))
+    assert stacked.keys() == single.keys()
+    for name, value in single.items():
+        np.testing.assert_allclose(stacked[name][1], value, atol=1e-4, err_msg=name)

@@ -137,8 +137,9 @@ class StreamedInput:
         return epoch_sizes(len(self.data.train_labels), batch_size, drop_last=True)
 
     def train(self, order, *, epoch, start_batch, sizes, seed):
-        if order.ndim != 1:
-            raise ValueError("streamed datasets train one seed per run (config.num_seeds=1)")
+        """The batches ``start_batch..`` of an epoch visiting ``order`` ([N] with ``seed``
+        an int, or [K, N] with K seeds: then each batch is [K, B, ...])."""
+        stacked = order.ndim == 2
         batches = streaming.train_batches(
             self.data.train_files,
             self.data.train_labels,
@@ -150,7 +151,10 @@ class StreamedInput:
             start_batch=start_batch,
         )
         for x, y in batches:
-            yield ImageBatch(shard_batch(self.mesh, x), shard_batch(self.mesh, y))
+            yield ImageBatch(
+                shard_batch(self.mesh, x, seed_axis=stacked),
+                shard_batch(self.mesh, y, seed_axis=stacked),
+            )
 
     def infer(self, split, batch_size):
         files, labels = (

@@ -87,7 +87,7 @@ def train_batches(
     *,
     batch_size: int,
     epoch: int,
-    seed: int,
+    seed: int | Sequence[int],
     size: int = 224,
     start_batch: int = 0,
     num_threads: int = 16,
@@ -95,30 +95,46 @@ def train_batches(
     """This host's rows of every global batch of one epoch, from ``start_batch`` on.
 
     ``order`` is the epoch's global index order (from ``lt_jax.data.samplers``);
-    the last partial batch is dropped.
+    the last partial batch is dropped. Several seeds trained together (``config.num_seeds``)
+    pass one order per seed ([K, N]) and their seeds: each batch is then [K, rows, ...],
+    seed k's rows exactly those a run with ``seed[k]`` alone reads and augments, all
+    decoded by one pool of threads.
     """
+    orders = np.asarray(order)
+    stacked = orders.ndim == 2
+    orders = orders if stacked else orders[None]
+    seeds = [int(s) for s in np.atleast_1d(seed)]
+    if len(seeds) != len(orders):
+        raise ValueError(f"{len(orders)} index orders but {len(seeds)} seeds")
     rows = host_rows(batch_size)
-    num_batches = len(order) // batch_size
+    num_batches = orders.shape[1] // batch_size
     items = [
-        (int(order[b * batch_size + r]), b * batch_size + r)
+        (int(o[b * batch_size + r]), b * batch_size + r, s)
         for b in range(start_batch, num_batches)
+        for o, s in zip(orders, seeds, strict=True)
         for r in range(rows.start, rows.stop)
     ]
 
     def load(item):
-        index, position = item
-        rng = np.random.default_rng([seed, epoch, position])
+        index, position, s = item
+        rng = np.random.default_rng([s, epoch, position])
         return train_transform(files[index], rng, size), labels[index]
 
+    per_batch = len(seeds) * (rows.stop - rows.start)
     ds = (
         grain.MapDataset.source(items)
         .map(load)
-        .batch(rows.stop - rows.start, drop_remainder=True)
+        .batch(per_batch, drop_remainder=True)
         .to_iter_dataset(
-            grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * batch_size)
+            grain.ReadOptions(
+                num_threads=num_threads, prefetch_buffer_size=4 * len(seeds) * batch_size
+            )
         )
     )
-    yield from ds
+    for x, y in ds:
+        if stacked:
+            x, y = x.reshape(len(seeds), -1, *x.shape[1:]), y.reshape(len(seeds), -1)
+        yield x, y
 
 
 def eval_batches(
