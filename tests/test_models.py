@@ -14,6 +14,12 @@ def n_params(model):
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+@nnx.jit(static_argnames="train")
+def forward(model, x, train):
+    """One compiled forward pass (op-by-op dispatch of a ResNet takes a minute on 2 cores)."""
+    return model(x, train=train)
+
+
 @pytest.mark.parametrize(
     "name, expected",
     [
@@ -31,14 +37,14 @@ def test_resnet32_parameter_count_and_shapes():
     model = models.create_model("resnet32", num_classes=10, rngs=nnx.Rngs(0))
     # Counted by hand: convs 432 + 23,040 + 87,552 + 350,208, BN 2 x 1,136, head 640 + 10.
     assert n_params(model) == 464_154
-    logits, feats = model(jnp.zeros((2, 32, 32, 3)), train=True)
+    logits, feats = forward(model, jnp.zeros((2, 32, 32, 3)), train=True)
     assert logits.shape == (2, 10) and feats.shape == (2, 64)
 
 
 def test_cosine_head_outputs_cosines():
     model = models.create_model("resnet32", num_classes=10, head="cosine", rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-    logits, feats = model(x, train=False)
+    logits, feats = forward(model, x, train=False)
     w = model.head.kernel[...]
     expect = (feats / np.linalg.norm(feats, axis=1, keepdims=True)) @ (
         w / np.linalg.norm(w, axis=0, keepdims=True)
@@ -49,7 +55,7 @@ def test_cosine_head_outputs_cosines():
 
 def test_small_resnet_forward_and_frozen_trunk():
     model = models.ResNet((1, 1, 1, 1), num_classes=5, trainable_blocks=1, rngs=nnx.Rngs(0))
-    logits, feats = model(jnp.ones((2, 64, 64, 3)), train=True)
+    logits, feats = forward(model, jnp.ones((2, 64, 64, 3)), train=True)
     assert logits.shape == (2, 5) and feats.shape == (2, 2048)
     graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     labels = models.frozen_param_labels(model, params)
@@ -68,7 +74,7 @@ def test_small_resnet_forward_and_frozen_trunk():
         z, _ = m(jnp.ones((2, 64, 64, 3)), train=True)
         return jnp.mean(z**2) + sum(jnp.sum(x**2) for x in jax.tree.leaves(p)) * 1e-3
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     updates, _ = tx.update(grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)
     np.testing.assert_array_equal(new["stem"]["kernel"][...], params["stem"]["kernel"][...])

@@ -201,6 +201,20 @@ print(json.dumps(dict(
 """
 
 
+CALLS_CHECK = f"""
+import json, sys
+sys.path.insert(0, {ROOT!r})
+from lt_jax.models import kernels, native
+from tests.test_kernels import resnet14_train_step
+
+calls = resnet14_train_step("cpu", kernels.compiler_options(), trace_only=True)
+print(json.dumps(dict(
+    available=native.available(), why=native.unavailable_reason(), enabled=kernels.native_enabled(),
+    calls_cpu=calls,
+)))
+"""
+
+
 def test_resnet_on_one_cpu_device_uses_the_native_kernels_with_xlas_numbers(tmp_path):
     """A ResNet-14 train step with impl "cpu" on one device runs the native convolutions
     and BatchNorm sums and gets the plain XLA program's loss, gradients and statistics."""
@@ -216,15 +230,14 @@ def test_resnet_on_one_cpu_device_uses_the_native_kernels_with_xlas_numbers(tmp_
 
 def test_without_a_compiler_the_models_fall_back_to_xla(tmp_path):
     """No usable compiler (a fresh cache, $CXX failing): one warning, XLA's ops, same numbers."""
-    out, err = _run(MODEL_CHECK, tmp_path, CXX="/bin/false", LT_JAX_CACHE=str(tmp_path))
+    out, err = _run(CALLS_CHECK, tmp_path, CXX="/bin/false", LT_JAX_CACHE=str(tmp_path))
     assert not out["available"] and not out["enabled"]
     assert "failed" in out["why"] and "native CPU convolution unavailable" in err
-    assert out["calls_cpu"] == 0
-    assert out["grad_err"] < 1e-4
+    assert out["calls_cpu"] == 0  # XLA's ops (tests/test_kernels.py checks their numbers)
 
 
 def test_native_kernels_can_be_switched_off(tmp_path):
-    out, _ = _run(MODEL_CHECK, tmp_path, LT_JAX_NATIVE="0")
+    out, _ = _run(CALLS_CHECK, tmp_path, LT_JAX_NATIVE="0")
     assert out["why"] == "disabled by LT_JAX_NATIVE=0" and out["calls_cpu"] == 0
 
 
@@ -258,7 +271,7 @@ def test_by_default_the_convolutions_are_native_only_where_they_beat_xla(tmp_pat
         forced, _ = _run(AUTO_CHECK, tmp_path, LT_JAX_NATIVE="1")
         assert forced["conv"] and forced["conv_why"] is None, forced
         model = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(MODEL_CHECK)],
+            [sys.executable, "-c", textwrap.dedent(CALLS_CHECK)],
             env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
             capture_output=True,
             text=True,
@@ -267,10 +280,9 @@ def test_by_default_the_convolutions_are_native_only_where_they_beat_xla(tmp_pat
         )
         assert model.returncode == 0, model.stderr[-3000:]
         step = json.loads(model.stdout.strip().splitlines()[-1])
-        assert step["enabled"] and step["calls_xla"] == 0, step
+        assert step["enabled"], step
         # 13 BatchNorms, each a forward and a backward sum; no convolution.
         assert step["calls_cpu"] == 2 * 13, step
-        assert step["grad_err"] < 1e-4, step
 
 
 CACHE_LISTING = """
@@ -281,23 +293,19 @@ print(json.dumps(dict(ok=ok, files=sorted(os.listdir(os.environ["LT_JAX_CACHE"])
 """
 
 
-def test_the_library_is_built_once_per_host_and_reused(tmp_path):
+def test_the_library_is_built_once_per_host_and_reused_and_rebuilt_when_corrupt(tmp_path):
     cache = tmp_path / "cache"
     first, _ = _run(CACHE_LISTING, tmp_path, LT_JAX_CACHE=str(cache))
     assert first["ok"] and len(first["files"]) == 1 and first["files"][0].endswith(".so")
-    built = (cache / first["files"][0]).stat().st_mtime_ns
+    library = cache / first["files"][0]
+    built = library.stat().st_mtime_ns
     second, _ = _run(CACHE_LISTING, tmp_path, LT_JAX_CACHE=str(cache))
     assert second == first
-    assert (cache / first["files"][0]).stat().st_mtime_ns == built
-
-
-def test_a_corrupt_cached_library_is_rebuilt(tmp_path):
-    cache = tmp_path / "cache"
-    first, _ = _run(CACHE_LISTING, tmp_path, LT_JAX_CACHE=str(cache))
-    library = cache / first["files"][0]
+    assert library.stat().st_mtime_ns == built
+    # A cached file that does not load (truncated by a full disk, say) is rebuilt once.
     library.write_bytes(b"not a shared library")
-    second, err = _run(CACHE_LISTING, tmp_path, LT_JAX_CACHE=str(cache))
-    assert second == first and "rebuilding the native library" in err
+    third, err = _run(CACHE_LISTING, tmp_path, LT_JAX_CACHE=str(cache))
+    assert third == first and "rebuilding the native library" in err
     assert library.read_bytes() != b"not a shared library" and library.stat().st_size > 10_000
 
 

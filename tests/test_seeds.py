@@ -35,11 +35,13 @@ def _params(workdir, stage="stage1"):
 
 @pytest.fixture(scope="module")
 def two_seeds(tmp_path_factory):
-    """GCL (stage 1 + the CBEN stage 2) with seeds 0 and 1 in one run, and each separately."""
+    """GCL (stage 1 + the CBEN stage 2) with seeds 0 and 1 in one run, and seed 1 alone (the
+    second slice of the stacked state: a run that trained seed 0 twice, or mixed up the
+    seeds' draws, fails; seed 0 is the first slice, checked by the three-step test)."""
     root = tmp_path_factory.mktemp("seeds")
     together = train.train_and_evaluate(tiny("gcl", num_seeds=2), str(root / "k2"))
-    apart = [train.train_and_evaluate(tiny("gcl", seed=s), str(root / f"s{s}")) for s in (0, 1)]
-    return root, together, apart
+    alone = train.train_and_evaluate(tiny("gcl", seed=1), str(root / "s1"))
+    return root, together, alone
 
 
 @pytest.mark.parametrize("sequential", [False, True], ids=["vmapped", "unrolled"])
@@ -94,20 +96,19 @@ def test_seed_k_of_a_k_seed_run_is_the_run_with_seed_k(two_seeds):
     grows over 48 steps to at most 1e-2 in a parameter (measured 2.4e-3, a BatchNorm
     scale); the predictions
     stay the same up to one test image."""
-    root, together, apart = two_seeds
+    root, together, alone = two_seeds
     for stage in ("stage1", "stage2"):
         stacked = _params(str(root / "k2"), stage)
-        for k, s in enumerate((0, 1)):
-            single = _params(str(root / f"s{s}"), stage)
-            assert stacked.keys() == single.keys()
-            for name, value in single.items():
-                np.testing.assert_allclose(stacked[name][k], value, atol=1e-2)
-            got, want = together[stage]["per_seed"][k], apart[k][stage]
-            assert got["seed"] == s
-            # The same predictions up to float32 rounding of a vmapped program: at most one
-            # of the 1,000 test images may change its predicted class.
-            for part in ("final", "best_epoch"):
-                assert abs(got[part]["top1"] - want[part]["top1"]) <= 0.001, (stage, part, k)
+        single = _params(str(root / "s1"), stage)
+        assert stacked.keys() == single.keys()
+        for name, value in single.items():
+            np.testing.assert_allclose(stacked[name][1], value, atol=1e-2)
+        got, want = together[stage]["per_seed"][1], alone[stage]
+        assert got["seed"] == 1
+        # The same predictions up to float32 rounding of a vmapped program: at most one
+        # of the 1,000 test images may change its predicted class.
+        for part in ("final", "best_epoch"):
+            assert abs(got[part]["top1"] - want[part]["top1"]) <= 0.001, (stage, part)
 
 
 def test_results_hold_per_seed_entries_and_their_mean_and_sample_std(two_seeds):
@@ -216,7 +217,9 @@ def test_aggregate_leaves_out_diverged_seeds():
     assert out["per_seed"][1]["diverged"] is True
 
 
-@pytest.mark.parametrize("preset", ["crt", "lws", "tau_norm"])
+# cRT re-trains the classifier as GCL's CBEN stage does (the two_seeds fixture); LWS trains
+# scales only, tau-norm trains nothing.
+@pytest.mark.parametrize("preset", ["lws", "tau_norm"])
 def test_second_stage_modes_train_every_seed(tmp_path, preset):
     from tests.test_train import load_config
 
