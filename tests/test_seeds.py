@@ -122,8 +122,8 @@ def test_results_hold_per_seed_entries_and_their_mean_and_sample_std(two_seeds):
             agg = saved["aggregate"][part][key]
             assert agg["mean"] == pytest.approx(sum(values) / 2)
             assert agg["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
-    single = json.load(open(root / "s0" / "results.json"))
-    assert len(single["per_seed"]) == 1 and single["per_seed"][0]["seed"] == 0
+    single = json.load(open(root / "s1" / "results.json"))
+    assert len(single["per_seed"]) == 1 and single["per_seed"][0]["seed"] == 1
     assert single["aggregate"]["final"]["top1"] == {"mean": single["final"]["top1"], "std": None}
 
 
