@@ -154,9 +154,11 @@ def over_seeds(fn, axes, *, sequential: bool | None = None):
     On accelerators the seeds are vmapped: one batched program, which fills a GPU that a
     ResNet-32 step alone leaves idle. On CPU (``sequential``, default: the CPU backend) the
     program holds the K seeds' steps one after another, unrolled (K times the compile time,
-    native kernels included): ResNet-32 at batch 64 on the 2-core development CPU costs
-    1.14x (K=2) and 1.19x (K=4) per seed what separate steps cost, against 2.4x / 2.8x
-    vmapped and about 30x as a ``lax.map`` (``benchmarks/throughput.py --seeds``).
+    native kernels included) and chained by an optimization barrier so that XLA runs them
+    in order rather than interleaved: ResNet-32 at batch 64 on the 2-core AVX2 development
+    CPU takes 1.83x (K=2) and 3.83x (K=4) the time of one seed's step, against 1.87x /
+    3.89x unchained; vmapped and ``lax.map`` programs were several times slower there
+    (``benchmarks/throughput.py --seeds``, docs/guide.md).
     """
     if sequential is None:
         sequential = jax.default_backend() == "cpu"
@@ -174,6 +176,8 @@ def over_seeds(fn, axes, *, sequential: bool | None = None):
             outs = []
             for k in range(num_seeds):  # unrolled: XLA:CPU runs a lax.map of convs ~30x slower
                 mine = jax.tree.map(lambda x, k=k: x[k], mapped)
+                if outs:  # seed k starts when seed k-1 is done: one seed's buffers live
+                    mine, _ = jax.lax.optimization_barrier((mine, outs[-1]))
                 joined = zip(mine, shared, in_axes, strict=True)
                 outs.append(fn(*[_join(m, s, ax) for m, s, ax in joined]))
             return jax.tree.map(lambda *x: jnp.stack(x), *outs)
