@@ -12,7 +12,8 @@ prints the many / medium / few table. With method=gcl (default) a second stage
 re-trains the cosine classifier on the frozen backbone for 6 epochs with
 CBEN sampling (focal GCL, s=20, m=0.1, cosine lr from 0.01). Arguments: method
 (any of lt_jax.methods.METHODS), stage2 (auto|none|gcl|crt|lws|tau_norm),
-epochs, seed, imb, runlocal (2 + 1 epochs, for tests).
+epochs, seed, imb, runlocal (2 + 1 epochs without the partial last batch, so each
+train step compiles once: for tests and smoke runs).
 
 Every epoch number in this file is for the 30-epoch recipe (``recipe_epochs``; the
 methods' 200-epoch loss switches are moved to 30 here); ``epochs=N`` or
@@ -36,6 +37,7 @@ def get_config(arg=None):
     c.method = a.method
     c.recipe_epochs = 30
     c.epochs = 2 if a.runlocal else a.epochs
+    c.drop_last = a.runlocal  # runlocal: one batch shape, one compile per train step
     c.loss = common.loss_config(a.method, c.recipe_epochs)
     c.batch_size = 64
     c.lr = 0.05

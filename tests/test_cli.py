@@ -10,9 +10,10 @@ import pytest
 
 from lt_jax import catalog, cli, config_lib, methods, stage2
 from lt_jax.data import datasets
+from tests import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+ENV = dict(os.environ, XLA_FLAGS=xla_flags(1))
 
 
 def _run(module, *args):

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from lt_jax import distributed
+from tests import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = [
@@ -64,7 +65,7 @@ def _free_port() -> int:
 def _env(devices: int, **extra) -> dict:
     own = (*distributed.ENV, "LT_JAX_MULTIHOST", "LT_JAX_CPU_DEVICES", "LT_JAX_NATIVE")
     env = {k: v for k, v in os.environ.items() if k not in own and k != "XLA_FLAGS"}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -225,9 +226,11 @@ def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
     """2 processes x 2 virtual devices against 1 process x 4 devices, 4 steps: equal up to
     float rounding (module docstring)."""
     cluster, single = tmp_path / "cluster", tmp_path / "single"
-    results = _run(cluster, TRAIN, devices=2)
+    # XLA's default optimisation (the other tests compile at level 0, where the two
+    # programs' rounding differs by up to 1.5e-3 of an optimizer trace's magnitude).
+    results = _run(cluster, TRAIN, devices=2, XLA_FLAGS=xla_flags(2, fast_compile=False))
     assert "CpuDevice(id=2049)" in results[1][1]  # 4 global devices, 2 per process
-    _run(single, TRAIN, processes=1, devices=4)
+    _run(single, TRAIN, processes=1, devices=4, XLA_FLAGS=xla_flags(4, fast_compile=False))
     _assert_same_state(_state(cluster, 4), _state(single, 4), rtol=1e-4)
     a, b = _results(cluster), _results(single)
     for key in ("top1", "many", "medium", "few"):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from lt_jax.models import native
+from tests import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # for tests.test_kernels
 
@@ -158,9 +159,10 @@ def test_channel_sums_match_float64(shape):
     _close(squares, (a64 * a64).sum(axes), tol=1e-6)
 
 
-def _run(code, tmp_path, **env):
-    """Run ``code`` in a fresh process on ONE CPU device (the native kernels' condition)."""
-    full = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", **env)
+def _run(code, tmp_path, base=None, **env):
+    """Run ``code`` in a fresh process on ONE CPU device (the native kernels' condition),
+    with the environment ``base`` (default: this one) updated by ``env``."""
+    full = dict(os.environ if base is None else base, XLA_FLAGS=xla_flags(1), **env)
     res = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=full,
@@ -241,12 +243,14 @@ def test_native_kernels_can_be_switched_off(tmp_path):
     assert out["why"] == "disabled by LT_JAX_NATIVE=0" and out["calls_cpu"] == 0
 
 
-AUTO_CHECK = """
-import json
-from lt_jax.models import native
+AUTO_CHECK = f"""
+import json, sys
+sys.path.insert(0, {ROOT!r})
+from lt_jax.models import kernels, native
 print(json.dumps(dict(
     ok=native.available(), why=native.unavailable_reason(),
     conv=native.convolutions_enabled(), conv_why=native.convolutions_off_reason(),
+    log=kernels.describe("cpu"),
 )))
 """
 
@@ -257,29 +261,19 @@ def test_by_default_the_convolutions_are_native_only_where_they_beat_xla(tmp_pat
     only the BatchNorm sums use it and the convolutions stay XLA's (with the reason), in a
     ResNet step too; LT_JAX_NATIVE=1 forces the convolutions on anyway."""
     env = {k: v for k, v in os.environ.items() if k != "LT_JAX_NATIVE"}
-    res = subprocess.run(
-        [sys.executable, "-c", AUTO_CHECK], env=env, capture_output=True, text=True, timeout=600
-    )
-    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out, _ = _run(AUTO_CHECK, tmp_path, env)
     assert out["ok"] and out["why"] is None, out
     with open("/proc/cpuinfo") as f:
         flags = next(line for line in f if line.startswith("flags")).split()
     if "avx512f" in flags:
         assert out["conv"] and out["conv_why"] is None, out
+        assert out["log"] == "native 3x3 convolutions and BatchNorm sums", out
     else:
         assert not out["conv"] and "no AVX-512" in out["conv_why"], out
+        assert out["log"].startswith("native BatchNorm sums, XLA's convolutions: this x86")
         forced, _ = _run(AUTO_CHECK, tmp_path, LT_JAX_NATIVE="1")
         assert forced["conv"] and forced["conv_why"] is None, forced
-        model = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(CALLS_CHECK)],
-            env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            timeout=600,
-        )
-        assert model.returncode == 0, model.stderr[-3000:]
-        step = json.loads(model.stdout.strip().splitlines()[-1])
+        step, _ = _run(CALLS_CHECK, tmp_path, env)
         assert step["enabled"], step
         # 13 BatchNorms, each a forward and a backward sum; no convolution.
         assert step["calls_cpu"] == 2 * 13, step

@@ -16,9 +16,10 @@ from PIL import Image
 from lt_jax import checkpoint, sweep, train
 from lt_jax.data import datasets
 from lt_jax.workdir import WorkdirLock, WorkdirLocked
+from tests import xla_flags
 from tests.test_train import ROOT, sigterm_at_step, tiny
 
-CLI_ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+CLI_ENV = dict(os.environ, XLA_FLAGS=xla_flags(1))
 
 
 def _write_lock(workdir, **record):
@@ -126,16 +127,16 @@ def _corrupt(step_dir):
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_intact_one(tmp_path):
-    config = tiny("ce")  # 2 epochs of 16 steps, a checkpoint after each
+    config = tiny("ce")  # 2 epochs of 15 steps, a checkpoint after each
     first = train.train_and_evaluate(config, str(tmp_path))
     stage1 = tmp_path / "checkpoints" / "stage1"
-    assert sorted(os.listdir(stage1)) == ["16", "32"]
-    _corrupt(str(stage1 / "32"))
-    again = train.train_and_evaluate(config, str(tmp_path))  # resumes from 16, trains epoch 2
+    assert sorted(os.listdir(stage1)) == ["15", "30"]
+    _corrupt(str(stage1 / "30"))
+    again = train.train_and_evaluate(config, str(tmp_path))  # resumes from 15, trains epoch 2
     assert again["final"]["per_class_accuracy"] == first["final"]["per_class_accuracy"]
-    kept = glob.glob(str(tmp_path / "checkpoints" / "stage1.damaged" / "32-*"))
+    kept = glob.glob(str(tmp_path / "checkpoints" / "stage1.damaged" / "30-*"))
     assert len(kept) == 1 and os.listdir(kept[0])  # the damaged one set aside, not deleted
-    assert sorted(os.listdir(stage1)) == ["16", "32"]
+    assert sorted(os.listdir(stage1)) == ["15", "30"]
 
 
 # --- the evaluation record ----------------------------------------------------------------------

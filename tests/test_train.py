@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 from lt_jax import checkpoint, evaluation, methods, metrics, optim, stage2, steps, train
 from lt_jax.data import datasets, pipeline, samplers
 from lt_jax.workdir import check_config, record_config
+from tests import xla_flags
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -160,7 +161,7 @@ def sigterm_at_step(n):
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    config = tiny("gcl", mixup_alpha=1.0)
+    config = tiny("gcl", mixup_alpha=1.0, drop_last=False)  # runlocal drops it
     full = train.train_and_evaluate(config, str(tmp_path / "a"))
 
     # Each epoch keeps its last partial batch: 15 batches of 64 and one of the rest.
@@ -352,7 +353,7 @@ def test_evaluate_entry_point_and_cross_process_determinism(tmp_path):
     import subprocess
     import sys
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1))
     runs = []
     for i, hashseed in enumerate(("1", "2")):
         workdir = str(tmp_path / f"run{i}")
@@ -408,7 +409,7 @@ def test_use_all_cpu_cores_picks_a_divisor():
         capture_output=True,
         text=True,
         check=True,
-        env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=5"),
+        env=dict(env, XLA_FLAGS=xla_flags(5)),
     )
     assert out.stdout.split() == ["None", "5", "False"]
 

@@ -137,6 +137,20 @@ def native_enabled() -> bool:
     return jax.default_backend() == "cpu" and jax.device_count() == 1 and native.available()
 
 
+def describe(impl: str) -> str:
+    """One line for a run's log: which kernels the CPU programs of implementation ``impl``
+    use, and why not the native ones where they do not."""
+    if impl != "cpu":
+        return "XLA's (config.kernels = 'xla')"
+    if jax.device_count() > 1:
+        return f"XLA's: the native kernels need a single CPU device ({jax.device_count()} here)"
+    if not native.available():
+        return f"XLA's: {native.unavailable_reason()}"
+    if native.convolutions_enabled():
+        return "native 3x3 convolutions and BatchNorm sums"
+    return f"native BatchNorm sums, XLA's convolutions: {native.convolutions_off_reason()}"
+
+
 def _use_native(shape, dtype) -> bool:
     return native.channel_sums_supported(shape, dtype) and native_enabled()
 

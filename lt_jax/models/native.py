@@ -68,8 +68,10 @@ def _compiler() -> str | None:
     return None
 
 
+@functools.cache
 def _cpu_identity() -> str:
-    """What -march=native depends on: the architecture and the CPU's feature flags."""
+    """What -march=native depends on: the architecture and the CPU's feature flags (read
+    once per process: every Conv trace asks)."""
     ident = [platform.machine()]
     try:
         with open("/proc/cpuinfo") as f:
