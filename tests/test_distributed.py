@@ -188,6 +188,7 @@ def reference(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.xdist_group("cluster_reference")  # one worker builds the shared fixture
 def test_sigterm_to_one_process_stops_both_and_the_cluster_resumes_as_one_process(
     reference, tmp_path
 ):
@@ -237,6 +238,7 @@ def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
         assert abs(a["final"][key] - b["final"][key]) <= 0.002, key  # 2 of 1000 test images
 
 
+@pytest.mark.xdist_group("cluster_reference")  # one worker builds the shared fixture
 def test_a_lost_peer_stops_the_other_in_bounded_time_and_a_restart_resumes(reference, tmp_path):
     """SIGKILL to process 1 after the first checkpoint: process 0 stops with one line in
     bounded time (no wait for JAX's heartbeat timeout, no abort); the restarted cluster

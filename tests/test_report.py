@@ -37,6 +37,7 @@ def sweep_root(tmp_path_factory):
     return root
 
 
+@pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixture
 def test_sweep_layout_and_skip(sweep_root):
     assert sorted(os.listdir(sweep_root)) == ["ce_s0", "ce_s1", "gcl_s0"]
     before = os.path.getmtime(sweep_root / "ce_s0" / "results.json")
@@ -44,6 +45,7 @@ def test_sweep_layout_and_skip(sweep_root):
     assert os.path.getmtime(sweep_root / "ce_s0" / "results.json") == before
 
 
+@pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixture
 def test_report_table_and_figures(sweep_root, tmp_path):
     path = report.write_report([str(sweep_root / "*")], str(tmp_path / "out"))
     text = open(path).read()

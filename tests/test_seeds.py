@@ -91,11 +91,12 @@ def test_a_few_seeded_steps_equal_each_seed_alone(sequential):
                            state_k["params"]["head"]["kernel"][...][1])  # fmt: skip
 
 
+@pytest.mark.xdist_group("two_seeds")  # one worker builds the shared fixture
 def test_seed_k_of_a_k_seed_run_is_the_run_with_seed_k(two_seeds):
-    """Whole runs (2 + 1 epochs, 8 devices): the float32 rounding of the vmapped program
-    grows over 48 steps to at most 1e-2 in a parameter (measured 2.4e-3, a BatchNorm
-    scale); the predictions
-    stay the same up to one test image."""
+    """Whole runs (2 + 1 epochs, 45 steps, 8 devices): the float32 rounding of the K-seed
+    program grows to at most 1e-2 in a parameter (measured 2.4e-3, a BatchNorm scale, over
+    the 48 steps of runlocal with its partial batches); the predictions stay the same up to
+    one test image."""
     root, together, alone = two_seeds
     for stage in ("stage1", "stage2"):
         stacked = _params(str(root / "k2"), stage)
@@ -111,6 +112,7 @@ def test_seed_k_of_a_k_seed_run_is_the_run_with_seed_k(two_seeds):
             assert abs(got[part]["top1"] - want[part]["top1"]) <= 0.001, (stage, part)
 
 
+@pytest.mark.xdist_group("two_seeds")  # one worker builds the shared fixture
 def test_results_hold_per_seed_entries_and_their_mean_and_sample_std(two_seeds):
     root, together, _ = two_seeds
     saved = json.load(open(root / "k2" / "results.json"))
@@ -127,6 +129,7 @@ def test_results_hold_per_seed_entries_and_their_mean_and_sample_std(two_seeds):
     assert single["aggregate"]["final"]["top1"] == {"mean": single["final"]["top1"], "std": None}
 
 
+@pytest.mark.xdist_group("two_seeds")  # one worker builds the shared fixture
 def test_report_averages_the_seeds_of_one_workdir(two_seeds, tmp_path):
     root, together, _ = two_seeds
     runs = report.seed_runs(report.load_run(str(root / "k2")))
