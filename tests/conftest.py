@@ -17,14 +17,22 @@ os.environ.setdefault("LT_JAX_NATIVE", "1")
 # One persistent compilation cache for the session, shared by the xdist workers: the many
 # tests that train the same tiny configs compile each program once (lt_jax.main does the
 # same for its runs, lt_jax.cli.enable_compilation_cache). A fresh folder per session, so
-# no test ever sees a program compiled by an earlier version of the code.
+# no test ever sees a program compiled by an earlier version of the code. The processes the
+# tests start (lt_jax.main, clusters) get a fresh LT_JAX_CACHE of the session too: their
+# compiled programs and the native library are built in it, as on a new machine, and the
+# user's own cache is left alone. Removed when the session ends.
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 
 _session = os.environ.setdefault("LT_JAX_TEST_SESSION", f"{os.getpid()}")
-jax.config.update(
-    "jax_compilation_cache_dir",
-    os.path.join(tempfile.gettempdir(), f"lt_jax_test_xla_cache_{_session}"),
-)
+_caches = os.path.join(tempfile.gettempdir(), f"lt_jax_test_{_session}")
+os.environ.setdefault("LT_JAX_CACHE", os.path.join(_caches, "lt_jax"))
+jax.config.update("jax_compilation_cache_dir", os.path.join(_caches, "xla"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):  # the controller, after its workers
+        shutil.rmtree(_caches, ignore_errors=True)
