@@ -26,7 +26,10 @@ EXTRAS_REQUIRE = {
         # The lockstep test runs the releases' recipe in PyTorch (the CPU build on this
         # project's machines; a GPU box may take its own build).
         "torch==2.13.0",
-        "pytest>=8",
+        # pytest 9.2 keeps node ids where pytest-xdist 3.8's --dist loadgroup cannot mark
+        # them, so the xdist_group tests scatter and their shared fixtures are built on
+        # every worker (pytest-dev/pytest-xdist#1386, open).
+        "pytest>=8,<9.2",
         "pytest-xdist>=3",
         "hypothesis>=6",
         "ruff>=0.6",

@@ -180,7 +180,9 @@ def _metric_lines(workdir):
         return f.read().splitlines()
 
 
-@pytest.fixture(scope="module")
+# Session scope: kept until the worker ends, not torn down when another module's test runs
+# in between (its users are one xdist_group, so one worker builds it once).
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """1 process x 2 devices, 8 steps, the run the clusters are compared with."""
     workdir = tmp_path_factory.mktemp("ref") / "run"

@@ -29,7 +29,9 @@ def _sweep(root, methods, seeds):
     )
 
 
-@pytest.fixture(scope="module")
+# Session scope: kept until the worker ends, not torn down when another module's test runs
+# in between (its users are one xdist_group, so one worker builds it once).
+@pytest.fixture(scope="session")
 def sweep_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     _sweep(root, "ce", "0,1")

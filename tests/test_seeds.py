@@ -33,7 +33,9 @@ def _params(workdir, stage="stage1"):
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
 
 
-@pytest.fixture(scope="module")
+# Session scope: kept until the worker ends, not torn down when another module's test runs
+# in between (its users are one xdist_group, so one worker builds it once).
+@pytest.fixture(scope="session")
 def two_seeds(tmp_path_factory):
     """GCL (stage 1 + the CBEN stage 2) with seeds 0 and 1 in one run, and seed 1 alone (the
     second slice of the stacked state: a run that trained seed 0 twice, or mixed up the
