@@ -25,27 +25,8 @@ SEEDS="${SEEDS:-0,1,2}"
 EPOCHS="${EPOCHS:-200}"
 EVAL_EVERY="${EVAL_EVERY:-1}"
 DEADLINE_S="${DEADLINE_S:-520}"
-RUNS="${RUNS:-/tmp/runs}"
-OUT="${OUT:-/tmp/out}"
-start=$(date +%s)
-say() { echo "[t+$(($(date +%s) - start))s] $*"; }
-mkdir -p "$RUNS" "$OUT"
-
-if [ -z "${DATA_DIR:-}" ]; then
-  mkdir -p /tmp/data && tar -xJf .pack/cifar-10-batches-py.tar.xz -C /tmp/data
-  DATA_DIR=/tmp/data/cifar-10-batches-py
-fi
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-deps --no-index --target /tmp/wheels .whl/*.whl && \
-    export PYTHONPATH="/tmp/wheels:${PYTHONPATH:-}"
-fi
-export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-python3 -c "import jax; print('jax', jax.__version__, jax.devices())"
-if ! python3 -c "import lt_jax.train" 2> /tmp/import_error; then
-  echo "lt_jax does not import on this machine: $(tail -1 /tmp/import_error); carry the missing" \
-    "packages as wheels in .whl (see this script's header)"
-  exit 1
-fi
+# shellcheck source=launch/gpu_setup.sh
+. launch/gpu_setup.sh
 
 IFS=, read -r -a methods <<< "$METHODS"
 IFS=, read -r -a seeds <<< "$SEEDS"
