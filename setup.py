@@ -16,7 +16,6 @@ INSTALL_REQUIRES = [
     # JAX's persistent compilation cache evicts (and locks) with it (lt_jax.cli).
     "filelock>=3.12",
     "pillow>=10",  # image-folder datasets
-    "tensorboardX>=2.6",  # writes TensorBoard event files (no TensorFlow); viewer: [tensorboard]
     "grain>=0.2.12,<0.3",  # streamed input (ImageNet-LT, Places-LT, iNaturalist), no TensorFlow
     "matplotlib>=3.8",  # lt_jax.report figures
 ]
@@ -33,13 +32,15 @@ EXTRAS_REQUIRE = {
         "pytest-xdist>=3",
         "hypothesis>=6",
         "ruff>=0.6",
+        # Reads the TensorBoard event files lt_jax.events writes, as an independent check.
+        "tensorboardX>=2.6",
     ],
     # Benchmarks compare against the same network written in PyTorch (CPU build).
     "bench": ["torch==2.13.0"],
     # Remote datasets (CIFAR via TFDS, ImageNet-LT/iNat/Places through TFDS).
     # tfds needs importlib_resources but does not declare it on Python 3.11.
     "tfds": ["tensorflow-datasets>=4.9,<4.10", "importlib_resources"],
-    # The `tensorboard` command, to view the event files a run writes (tensorboardX).
+    # The `tensorboard` command, to view the event files a run writes (lt_jax.events).
     "tensorboard": ["tensorboard>=2.20"],
     "cuda": ["jax[cuda12]>=0.10,<0.11"],
     "tpu": ["jax[tpu]>=0.10,<0.11"],

@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 
+from lt_jax import events
 from lt_jax.config_lib import resolve
 
 log = logging.getLogger("lt_jax.workdir")
@@ -215,9 +216,7 @@ class MetricWriter:
 
     def _board(self, run: str):
         if run not in self._tb:
-            from tensorboardX import SummaryWriter  # light: protobuf + numpy, no TensorFlow
-
-            self._tb[run] = SummaryWriter(os.path.join(self.root, run))
+            self._tb[run] = events.EventWriter(os.path.join(self.root, run))
         return self._tb[run]
 
     def write(self, step: int, values: dict[str, Any]) -> None:
@@ -225,9 +224,12 @@ class MetricWriter:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": int(step), **values}) + "\n")
+        runs = {}
         for k, v in values.items():
             if isinstance(v, int | float):
-                self._board(k.split("/")[0]).add_scalar(k, v, int(step))
+                runs.setdefault(k.split("/")[0], {})[k] = float(v)
+        for run, scalars in runs.items():
+            self._board(run).scalars(step, scalars)
 
     def close(self) -> None:
         for board in self._tb.values():

@@ -62,20 +62,14 @@ def test_default_config_end_to_end(tmp_path):
 
 
 def _tensorboard_scalars(path):
-    """(step, tag, value) of an event file, read with the TFRecord framing (length,
-    crc, payload, crc) and the Event protobuf, independently of the writer."""
-    import struct
-
+    """(step, tag, value) of an event file, read with tensorboardX's Event protobuf and
+    the TFRecord framing checked as in test_events.py, independently of the writer."""
     from tensorboardX.proto import event_pb2
 
-    out = []
-    with open(path, "rb") as f:
-        while header := f.read(12):
-            (length,) = struct.unpack("<Q", header[:8])
-            event = event_pb2.Event.FromString(f.read(length))
-            f.read(4)
-            out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
-    return out
+    from tests.test_events import _records
+
+    events = [event_pb2.Event.FromString(payload) for payload in _records(path)]
+    return [(e.step, v.tag, v.simple_value) for e in events for v in e.summary.value]
 
 
 @pytest.mark.parametrize("method", ["kps_ga_optax", "fbl", "ldam_drw"])
