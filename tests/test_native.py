@@ -163,7 +163,8 @@ def test_channel_sums_match_float64(shape):
 def _run(code, tmp_path, base=None, **env):
     """Run ``code`` in a fresh process on ONE CPU device (the native kernels' condition),
     with the environment ``base`` (default: this one) updated by ``env``."""
-    full = dict(os.environ if base is None else base, XLA_FLAGS=xla_flags(1), **env)
+    flags = xla_flags(1, fast_compile=True)  # compiles a lot, runs little
+    full = dict(os.environ if base is None else base, XLA_FLAGS=flags, **env)
     res = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=full,
