@@ -51,10 +51,6 @@ def main(argv):
         cli.fail("lt_jax", e)
     log = logging.getLogger("lt_jax")
     log.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
-    if jax.default_backend() == "cpu":
-        from lt_jax import models, steps
-
-        log.info("CPU kernels: %s", models.kernels.describe(steps.kernels(FLAGS.config)))
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except distributed.DistributedError as e:  # a peer is gone: no shutdown barrier

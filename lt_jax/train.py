@@ -24,7 +24,7 @@ import ml_collections
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lt_jax import distributed, evaluation, methods, optim, preflight, stage2, steps
+from lt_jax import distributed, evaluation, methods, models, optim, preflight, stage2, steps
 from lt_jax.data import datasets, longtail, pipeline
 from lt_jax.loop import RunContext, Stage, run_stage
 from lt_jax.workdir import (
@@ -83,6 +83,8 @@ def _cluster_lock(workdir: str):
 
 def _run(config, workdir: str, eval_only: bool, start_time: float) -> dict:
     check_config(workdir, config)
+    if jax.default_backend() == "cpu":  # after the lock: a busy workdir fails before a build
+        log.info("CPU kernels: %s", models.kernels.describe(steps.kernels(config)))
     where = f" from {config.dataset.data_dir}" if config.dataset.data_dir else ""
     log.info("reading %s%s ...", config.dataset.name, where)
     started = time.time()
