@@ -5,7 +5,7 @@
 # Made for a lent GPU that takes at most 64 MiB of files and reaches no network:
 #   1. here:  python benchmarks/pack_cifar_lt.py --split-seeds 0            # .pack/, ~51 MiB
 #             python -m pip download --only-binary=:all: -d .whl --python-version 3.12 \
-#               --platform manylinux_2_28_x86_64 ml-collections tensorboardX grain
+#               --platform manylinux_2_28_x86_64 ml-collections grain
 #             (what lt_jax imports and the device image lacks; keep .whl under ~10 MiB by
 #             deleting wheels the image already has, e.g. numpy, protobuf)
 #   2. there: bash launch/gpu_reproduce_cifar_lt.sh   (carry .pack and .whl)
