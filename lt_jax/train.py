@@ -84,7 +84,7 @@ def _cluster_lock(workdir: str):
 def _run(config, workdir: str, eval_only: bool, start_time: float) -> dict:
     check_config(workdir, config)
     if jax.default_backend() == "cpu":  # after the lock: a busy workdir fails before a build
-        log.info("CPU kernels: %s", models.kernels.describe(steps.kernels(config)))
+        log.info("CPU kernels: %s", models.kernels.describe(steps.kernels(config), config.model))
     where = f" from {config.dataset.data_dir}" if config.dataset.data_dir else ""
     log.info("reading %s%s ...", config.dataset.name, where)
     started = time.time()

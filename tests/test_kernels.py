@@ -35,6 +35,22 @@ def test_unknown_implementation_is_a_clear_error():
         ResNetCifar(num_classes=3, depth=8, impl="fast", rngs=nnx.Rngs(0))
 
 
+def test_a_model_without_native_kernels_never_starts_their_build(monkeypatch):
+    """The small CNN (the default job's model) always runs XLA's ops: the run log's kernel
+    line must not build the native library (a compiler run on a fresh machine) for it."""
+    from lt_jax.models import SmallCNN, native
+
+    def build():
+        raise AssertionError("the native library was asked for")
+
+    monkeypatch.setattr(native, "available", build)
+    assert kernels.describe("cpu", "small_cnn") == "XLA's (small_cnn has no native ones)"
+    model = SmallCNN(num_classes=3, impl="cpu", rngs=nnx.Rngs(0))
+    model.train()
+    logits, _ = model(jnp.zeros((2, 28, 28, 1)))
+    assert logits.shape == (2, 3)
+
+
 def test_default_model_uses_this_backends_kernels():
     model = ResNetCifar(num_classes=3, depth=8, rngs=nnx.Rngs(0))
     assert model.impl == kernels.implementation(jax.default_backend()) == "cpu"

@@ -143,17 +143,23 @@ def test_report_averages_the_seeds_of_one_workdir(two_seeds, tmp_path):
     assert f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}" in text
 
 
-def test_a_killed_k_seed_run_resumes_bit_identically(tmp_path, monkeypatch):
-    config = tiny("ce", num_seeds=2)
-    train.train_and_evaluate(config, str(tmp_path / "a"))
+@pytest.mark.xdist_group("two_seeds")  # one worker builds the shared fixture
+def test_a_killed_k_seed_run_resumes_bit_identically(two_seeds, tmp_path, monkeypatch):
+    """The fixture's 2-seed GCL run, stopped by SIGTERM mid-stage 1 and resumed: both
+    stages' parameters end bit-identical to the uninterrupted run's."""
+    root, together, _ = two_seeds
+    config = tiny("gcl", num_seeds=2)
     monkeypatch.setattr(train, "install_sigterm", sigterm_at_step(20))
     with pytest.raises(train.TrainingError, match="SIGTERM: saved stage1 step 20"):
-        train.train_and_evaluate(config, str(tmp_path / "b"))
+        train.train_and_evaluate(config, str(tmp_path))
     monkeypatch.undo()
-    train.train_and_evaluate(config, str(tmp_path / "b"))
-    a, b = _params(str(tmp_path / "a")), _params(str(tmp_path / "b"))
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name])
+    resumed = train.train_and_evaluate(config, str(tmp_path))
+    for stage in ("stage1", "stage2"):
+        a, b = _params(str(root / "k2"), stage), _params(str(tmp_path), stage)
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{stage} {name}")
+    assert resumed["per_seed"] == together["per_seed"]
 
 
 class _Ckpt:

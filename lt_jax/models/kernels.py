@@ -137,9 +137,16 @@ def native_enabled() -> bool:
     return jax.default_backend() == "cpu" and jax.device_count() == 1 and native.available()
 
 
-def describe(impl: str) -> str:
+# Models whose programs are XLA's whatever ``impl`` says (their step is dominated by
+# compilation and dispatch, not by kernels): no native build is started for them.
+XLA_ONLY_MODELS = frozenset({"small_cnn"})
+
+
+def describe(impl: str, model: str | None = None) -> str:
     """One line for a run's log: which kernels the CPU programs of implementation ``impl``
-    use, and why not the native ones where they do not."""
+    (of ``model``, where given) use, and why not the native ones where they do not."""
+    if model in XLA_ONLY_MODELS:
+        return f"XLA's ({model} has no native ones)"
     if impl != "cpu":
         return "XLA's (config.kernels = 'xla')"
     if jax.device_count() > 1:

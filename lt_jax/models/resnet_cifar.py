@@ -144,7 +144,8 @@ class SmallCNN(nnx.Module):
         rngs,
     ):
         self.dtype = dtype
-        # Always the plain ops, whatever ``impl`` asks for (it is still checked): without a
+        # Always the plain ops, whatever ``impl`` asks for (it is still checked; listed in
+        # kernels.XLA_ONLY_MODELS, so no run builds the native library for it): without a
         # residual stream XLA:CPU has nothing to re-compute, and this net's step is dominated
         # by compilation and dispatch, not by its kernels.
         if impl is not None:
