@@ -7,6 +7,7 @@ function of (seed, epoch), the step's randomness of the step number).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -158,18 +159,30 @@ def _restore(stage: Stage, ctx: RunContext, ckpt, total_steps: int):
 
 
 class _Progress:
-    """The periodic progress line and train metrics."""
+    """The periodic progress line and train metrics.
 
-    def __init__(self, stage, ctx, health, step, total_steps, per_step):
+    Images/s and the ETA are measured over the last ``window`` progress lines (evaluations
+    and checkpoints in between included, as they recur until the end), not since the stage
+    started: the first step's compilation, a paused process or a burst of other work on the
+    machine leave the figure after ``window`` lines instead of skewing it to the end."""
+
+    def __init__(self, stage, ctx, health, step, total_steps, per_step, window=10):
         self.stage, self.ctx, self.health = stage, ctx, health
         self.total_steps, self.per_step = total_steps, per_step * len(stage.seeds)
-        self.start_time, self.start_step = time.time(), step
+        self.marks = collections.deque([(time.time(), step)], maxlen=window + 1)
+
+    def rate(self, step: int) -> float:
+        """Marks ``step`` now; images per second over the last ``window`` intervals."""
+        now = time.time()
+        self.marks.append((now, step))
+        then, before = self.marks[0]
+        return (step - before) * self.per_step / max(now - then, 1e-9)
 
     def __call__(self, m, step, epoch):
         """``epoch``: the 0-based epoch the step belongs to; logged 1-based, as the test
         lines and results.json count finished epochs."""
         loss = self.health.loss(m, step, epoch)
-        rate = (step - self.start_step) * self.per_step / (time.time() - self.start_time)
+        rate = self.rate(step)
         eta = (self.total_steps - step) * self.per_step / max(rate, 1e-9)
         name, lr = self.stage.name, float(np.asarray(m["lr"]).reshape(-1)[0])
         log.info(

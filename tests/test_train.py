@@ -521,3 +521,27 @@ def test_workdir_from_before_drop_last_and_split_protocol_resumes(tmp_path):
     config.drop_last, config.dataset.split_protocol = True, "release"
     with pytest.raises(train.TrainingError, match=r"differs in: dataset\)"):
         check_config(str(tmp_path), config)
+
+
+def test_progress_rate_is_over_the_recent_lines_not_since_the_start(monkeypatch):
+    """Images/s over the last ``window`` progress lines: a long pause (a stopped process, the
+    first compile) leaves the figure after ``window`` lines. 64 images a step."""
+    from lt_jax import loop
+
+    clock = [1000.0]
+    monkeypatch.setattr(loop.time, "time", lambda: clock[0])
+    stage = loop.Stage("stage1", None, None, "instance", 1, 1, None, 1.0, (0,))
+    progress = loop._Progress(stage, None, None, 0, 1000, 64, window=2)
+    rates = []
+    for step, seconds in ((100, 50.0), (200, 3600.0), (300, 50.0), (400, 50.0), (500, 50.0)):
+        clock[0] += seconds
+        rates.append(progress.rate(step))
+    assert rates == pytest.approx(
+        [
+            100 * 64 / 50,  # since the start
+            200 * 64 / 3650,  # the pause in the window
+            200 * 64 / 3650,  # lines 1-3: still in it
+            200 * 64 / 100,  # lines 2-4: gone
+            200 * 64 / 100,
+        ]
+    )
