@@ -150,6 +150,8 @@ def _restore(stage: Stage, ctx: RunContext, ckpt, total_steps: int):
         verb = "restored" if ctx.eval_only else "resumed from"
         log.info("%s: %s step %d of %d (checkpoint %s)", stage.name, verb, step, total_steps,
                  ckpt.directory)  # fmt: skip
+        if not ctx.eval_only:
+            ctx.writer.rewind(stage.name, step)
     if ctx.eval_only and _step_of(state) != total_steps:
         raise checkpoint.CheckpointError(
             f"{ckpt.directory} has no finished {stage.name} checkpoint (found step "

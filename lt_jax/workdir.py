@@ -231,6 +231,32 @@ class MetricWriter:
         for run, scalars in runs.items():
             self._board(run).scalars(step, scalars)
 
+    def rewind(self, run: str, step: int) -> None:
+        """Drops the lines of ``run`` (a stage: the first part of their keys) past ``step``:
+        a run killed after its last checkpoint wrote them, and resumed from that checkpoint
+        it writes those steps again. A torn line (killed mid-write) goes too. The file is
+        replaced whole, never left half-written."""
+        if not self.active or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = f.readlines()
+
+        def later(line: str) -> bool:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                return True  # the torn last line of a killed write
+            ours = any(k.split("/")[0] == run for k in entry if k != "step")
+            return ours and entry["step"] > step
+
+        kept = [line for line in lines if line.strip() and not later(line)]
+        if len(kept) < len(lines):
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
+            log.info("%s: dropped %d metric lines past step %d", run, len(lines) - len(kept), step)
+
     def close(self) -> None:
         for board in self._tb.values():
             board.close()

@@ -252,3 +252,35 @@ def test_an_rgb_image_folder_trains_on_the_default_small_cnn(tmp_path):
     results = train.train_and_evaluate(config, str(tmp_path / "run"))
     assert results["train_class_counts"] == [40, 20, 8]
     assert np.isfinite(results["final"]["top1"])
+
+
+def test_resuming_drops_the_metric_lines_written_after_the_checkpoint(tmp_path):
+    """A run killed after its last checkpoint (step 20) wrote lines up to step 30 and a torn
+    one; resumed from step 20 it writes 21-30 again, so those go: each step once."""
+    from lt_jax.workdir import MetricWriter
+
+    writer = MetricWriter(str(tmp_path))
+    for step in (10, 20, 30):
+        writer.write(step, {"stage1/train/loss": step / 10})
+        writer.write(step, {"stage1/test/top1": step / 100})
+    writer.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 40, "stage1/tr')
+    writer = MetricWriter(str(tmp_path))
+    writer.rewind("stage1", 20)
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == [10, 10, 20, 20]
+    writer.write(25, {"stage1/train/loss": 2.5})
+    writer.write(3, {"stage2/train/loss": 0.3})
+    writer.write(6, {"stage2/train/loss": 0.6})
+    writer.rewind("stage2", 4)  # stage 2 counts from 0 again: stage 1's later steps stay
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [(d["step"], next(k for k in d if k != "step")) for d in lines] == [
+        (10, "stage1/train/loss"),
+        (10, "stage1/test/top1"),
+        (20, "stage1/train/loss"),
+        (20, "stage1/test/top1"),
+        (25, "stage1/train/loss"),
+        (3, "stage2/train/loss"),
+    ]
+    writer.close()
