@@ -83,8 +83,6 @@ def _cluster_lock(workdir: str):
 
 def _run(config, workdir: str, eval_only: bool, start_time: float) -> dict:
     check_config(workdir, config)
-    if jax.default_backend() == "cpu":  # after the lock: a busy workdir fails before a build
-        log.info("CPU kernels: %s", models.kernels.describe(steps.kernels(config), config.model))
     where = f" from {config.dataset.data_dir}" if config.dataset.data_dir else ""
     log.info("reading %s%s ...", config.dataset.name, where)
     started = time.time()
@@ -98,6 +96,9 @@ def _run(config, workdir: str, eval_only: bool, start_time: float) -> dict:
     _check_batch_sizes(config, len(data.train_labels), second.trains)
     if not eval_only:
         record_config(workdir, config)  # after the data loaded: a typo leaves nothing behind
+    if jax.default_backend() == "cpu":  # after the lock and the data: their errors come first,
+        # not after a native build (a compiler run on a fresh machine)
+        log.info("CPU kernels: %s", models.kernels.describe(steps.kernels(config), config.model))
     _record_split(workdir, config, kept, data.class_counts)
     mesh = pipeline.create_mesh()
     source = pipeline.make_input(data, mesh, config.dataset, drop_last=config.drop_last)
