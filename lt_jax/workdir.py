@@ -214,6 +214,11 @@ class MetricWriter:
         self.active = jax.process_index() == 0
         self._tb = {}
 
+    @staticmethod
+    def _run_of(key: str) -> str:
+        """The stage a metric key belongs to: its first part (``stage1/test/top1``)."""
+        return key.split("/")[0]
+
     def _board(self, run: str):
         if run not in self._tb:
             self._tb[run] = events.EventWriter(os.path.join(self.root, run))
@@ -227,7 +232,7 @@ class MetricWriter:
         runs = {}
         for k, v in values.items():
             if isinstance(v, int | float):
-                runs.setdefault(k.split("/")[0], {})[k] = float(v)
+                runs.setdefault(self._run_of(k), {})[k] = float(v)
         for run, scalars in runs.items():
             self._board(run).scalars(step, scalars)
 
@@ -246,7 +251,7 @@ class MetricWriter:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 return True  # the torn last line of a killed write
-            ours = any(k.split("/")[0] == run for k in entry if k != "step")
+            ours = any(self._run_of(k) == run for k in entry if k != "step")
             return ours and entry["step"] > step
 
         kept = [line for line in lines if line.strip() and not later(line)]
