@@ -10,9 +10,20 @@ Tolerances: 2 processes x 1 device run the same program as 1 process x 2 devices
 of two partial gradients is the same float in either order, so parameters, optimizer state
 and metrics must be bit-identical. With 2 x 2 devices the four partial sums meet in another
 order than inside one 4-device process (local pairs first, then gloo), so they differ in
-float rounding: measured after 4 steps, at most 2.4e-6 of each array's largest magnitude and
-3e-7 of the loss; the test allows 1e-4 (a wrong shard or a missing all-reduce is off by
-O(1)).
+float rounding. After the first epoch (2 steps) that is at most 2.1e-6 of each array's largest
+magnitude (measured on a 2-core EPYC with AVX-512, 2026-12-02); the test allows 1e-4. Two
+more steps amplify rounding a lot in the optimizer's momentum of a few arrays (the dense
+layer under the cosine head, the last BatchNorm bias: small gradients left after
+cancellation), and by how much depends on the CPU: after 4 steps 2.4e-6 on an AVX2 EPYC but
+1.9e-2 of one array's largest magnitude on the AVX-512 one, where the same run on 1 process
+x 2 devices, a legitimately different reduction order with no second process, is as far
+from 1 x 4 (2.3e-2 already after 2 steps). So after 4 steps each part of the state is
+compared at its own scale (the largest magnitude over all its arrays): measured at most
+1.3e-4 (params, BatchNorm statistics) and 4.8e-3 (optimizer state) on the AVX-512 machine,
+1x2 against 1x4 3.9e-4 and 7.0e-3; the test allows 1e-3 and 5e-2. A wrong shard, a missing
+all-reduce or another process's epoch order trains on other data: its gradients, and so
+the momentum, are off by a sizeable fraction of their scale, and the loss and accuracies by
+far more than their 3e-7 and 0.002.
 """
 
 from __future__ import annotations
@@ -157,6 +168,8 @@ def _state(workdir, step):
 
 
 def _assert_same_state(a, b, rtol=0.0):
+    """Equal leaves, or (``rtol``) each floating leaf within ``rtol`` of its own largest
+    magnitude."""
     assert [k for k, _ in a] == [k for k, _ in b]
     for (key, x), (_, y) in zip(a, b, strict=True):
         assert x.shape == y.shape and x.dtype == y.dtype, key
@@ -167,6 +180,25 @@ def _assert_same_state(a, b, rtol=0.0):
             assert float(np.max(np.abs(x.astype(np.float64) - y))) <= rtol * scale, key
         else:
             np.testing.assert_array_equal(x, y, err_msg=key)
+
+
+def _assert_close_per_part(a, b, rtol):
+    """Each part of the state (``params``, ``opt_state``, ...) within ``rtol[part]`` of the
+    part's largest magnitude over all its floating leaves; other leaves equal."""
+    assert [k for k, _ in a] == [k for k, _ in b]
+    errors, scales = {}, {}
+    for (key, x), (_, y) in zip(a, b, strict=True):
+        assert x.shape == y.shape and x.dtype == y.dtype, key
+        if not (x.size and np.issubdtype(x.dtype, np.floating)):
+            np.testing.assert_array_equal(x, y, err_msg=key)
+            continue
+        part = key.split("'")[1]
+        err = float(np.max(np.abs(x.astype(np.float64) - y)))
+        errors[part] = max(errors.get(part, 0.0), err)
+        scales[part] = max(scales.get(part, 0.0), float(np.max(np.abs(y))))
+    assert set(errors) == set(rtol), sorted(errors)
+    for part, err in errors.items():
+        assert err <= rtol[part] * scales[part], (part, err / scales[part])
 
 
 def _results(workdir):
@@ -250,14 +282,17 @@ def test_a_cluster_stopped_by_sigterm_then_a_lost_peer_resumes_as_one_process(re
 
 def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
     """2 processes x 2 virtual devices against 1 process x 4 devices, 4 steps: equal up to
-    float rounding (module docstring)."""
+    float rounding, after 2 steps array by array, after 4 at the scale of each part of the
+    state (module docstring)."""
     cluster, single = tmp_path / "cluster", tmp_path / "single"
     # At XLA's default optimisation, as every cluster here (at LLVM level 0 the two
     # programs' rounding differs by up to 1.5e-3 of an optimizer trace's magnitude).
     results = _run(cluster, TRAIN, devices=2)
     assert "CpuDevice(id=2049)" in results[1][1]  # 4 global devices, 2 per process
     _run(single, TRAIN, processes=1, devices=4)
-    _assert_same_state(_state(cluster, 4), _state(single, 4), rtol=1e-4)
+    _assert_same_state(_state(cluster, 2), _state(single, 2), rtol=1e-4)
+    tolerance = {"params": 1e-3, "batch_stats": 1e-3, "opt_state": 5e-2}
+    _assert_close_per_part(_state(cluster, 4), _state(single, 4), tolerance)
     a, b = _results(cluster), _results(single)
     for key in ("top1", "many", "medium", "few"):
         assert abs(a["final"][key] - b["final"][key]) <= 0.002, key  # 2 of 1000 test images
