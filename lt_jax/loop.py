@@ -137,6 +137,12 @@ class Health:
         self.ckpt.save(step, state)
 
 
+def _save(stage: Stage, ctx: RunContext, health: Health, step: int, state) -> None:
+    """A checkpoint, and the run's wall time at it: a resumed run counts on from there."""
+    health.save(step, state)
+    ctx.writer.write(step, {f"{stage.name}/wall_time_s": round(ctx.writer.elapsed(), 1)})
+
+
 def _step_of(state) -> int:
     return int(np.asarray(state["step"]).reshape(-1)[0])
 
@@ -322,7 +328,7 @@ def _train(stage: Stage, ctx: RunContext, ckpt, sizes, health: Health):
             if ctx.preempted():
                 who = getattr(ctx.preempted, "describe", str)()
                 log.info("%s: SIGTERM%s, saving step %d ...", stage.name, who, step)
-                health.save(step, state)
+                _save(stage, ctx, health, step, state)
                 ckpt.wait()
                 raise TrainingError(
                     f"SIGTERM{who}: saved {stage.name} step {step} to {ckpt.directory}; rerun "
@@ -331,7 +337,7 @@ def _train(stage: Stage, ctx: RunContext, ckpt, sizes, health: Health):
         epoch += 1
         if epoch % config.checkpoint_every_epochs == 0 or step == total_steps:
             health.loss(m, step, epoch)  # names the step and loss of a NaN
-            health.save(step, state)
+            _save(stage, ctx, health, step, state)
         if epoch % config.eval_every_epochs == 0 or step == total_steps:
             feats = _evaluate(stage, ctx, state, step, epoch, history, health)
     ckpt.wait()

@@ -108,7 +108,7 @@ def _run(config, workdir: str, eval_only: bool, start_time: float) -> dict:
         input=source,
         mesh=mesh,
         workdir=workdir,
-        writer=MetricWriter(workdir),
+        writer=MetricWriter(workdir, started=start_time),
         preempted=distributed.StopFlag(install_sigterm()),  # agreed by every process
         eval_only=eval_only,
     )
@@ -132,7 +132,7 @@ def _run(config, workdir: str, eval_only: bool, start_time: float) -> dict:
         results["stage2"] = results2
         for key in ("final", "best_epoch", "per_seed", "aggregate"):  # stage 2 is the headline
             results[key] = results2[key]
-    results["wall_time_s"] = time.time() - start_time
+    results["wall_time_s"] = ctx.writer.elapsed()  # earlier processes of a resumed run too
     ctx.writer.close()
     # lt_jax.evaluate writes its own file: the training record (best epoch, wall time) stays.
     _write_results(workdir, results, "evaluation.json" if eval_only else "results.json")

@@ -206,13 +206,25 @@ class MetricWriter:
     TensorBoard gets one run directory per stage (``tensorboard/stage1``,
     ``tensorboard/stage2``: the first part of each tag), so stage 2's step count, which
     starts again at 0, never runs backwards inside one event stream.
+
+    It also keeps the run's wall time across resumes: :meth:`elapsed` is this process's
+    time since ``started`` plus what the earlier processes on the workdir had spent when
+    they saved the checkpoint it resumed from (the ``<stage>/wall_time_s`` line written
+    with each checkpoint, :meth:`rewind`). Time spent past that checkpoint by a killed
+    process is not counted: its work is done again and counted then.
     """
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, started: float | None = None):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.root = os.path.join(workdir, "tensorboard")
         self.active = jax.process_index() == 0
         self._tb = {}
+        self.started = time.time() if started is None else started
+        self.before = 0.0  # seconds spent by earlier processes, up to the resumed checkpoint
+
+    def elapsed(self) -> float:
+        """Wall time of the run so far, earlier processes on the workdir included."""
+        return self.before + time.time() - self.started
 
     @staticmethod
     def _run_of(key: str) -> str:
@@ -240,7 +252,8 @@ class MetricWriter:
         """Drops the lines of ``run`` (a stage: the first part of their keys) past ``step``:
         a run killed after its last checkpoint wrote them, and resumed from that checkpoint
         it writes those steps again. A torn line (killed mid-write) goes too. The file is
-        replaced whole, never left half-written."""
+        replaced whole, never left half-written. The wall time recorded with the newest
+        kept checkpoint line becomes the time of the earlier processes (:meth:`elapsed`)."""
         if not self.active or not os.path.exists(self.path):
             return
         with open(self.path) as f:
@@ -255,6 +268,10 @@ class MetricWriter:
             return ours and entry["step"] > step
 
         kept = [line for line in lines if line.strip() and not later(line)]
+        spent = [
+            v for e in map(json.loads, kept) for k, v in e.items() if k.endswith("/wall_time_s")
+        ]
+        self.before = max(spent, default=0.0)
         if len(kept) < len(lines):
             tmp = f"{self.path}.tmp"
             with open(tmp, "w") as f:

@@ -284,3 +284,25 @@ def test_resuming_drops_the_metric_lines_written_after_the_checkpoint(tmp_path):
         (3, "stage2/train/loss"),
     ]
     writer.close()
+
+
+def test_a_resumed_run_counts_the_wall_time_of_the_process_before_it(tmp_path, monkeypatch):
+    """results.json's wall time of a run stopped by SIGTERM and resumed is the time of both
+    processes (each timed here around its call), not only the last one's. Without the
+    first process's time it would be short by at least that process's compiling, seconds."""
+    config = tiny("ce", epochs=2)
+    monkeypatch.setattr(train, "install_sigterm", sigterm_at_step(20))
+    started = time.time()
+    with pytest.raises(train.TrainingError, match="SIGTERM: saved stage1 step 20"):
+        train.train_and_evaluate(config, str(tmp_path))
+    first = time.time() - started
+    monkeypatch.undo()
+    saved = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    at_sigterm = next(d["stage1/wall_time_s"] for d in saved[::-1] if d["step"] == 20)
+    assert 0 < at_sigterm <= first + 0.1
+    started = time.time()
+    results = train.train_and_evaluate(config, str(tmp_path))
+    second = time.time() - started
+    # The second process's part is all of its call but writing results.json (well under 1 s).
+    assert at_sigterm + second - 1.0 < results["wall_time_s"] <= at_sigterm + second + 0.1
+    assert json.load(open(tmp_path / "results.json"))["wall_time_s"] == results["wall_time_s"]
