@@ -207,8 +207,17 @@ def _results(workdir):
 
 
 def _metric_lines(workdir):
+    """metrics.jsonl's lines without the wall times (which differ between any two runs),
+    and the wall times in file order."""
+    lines, wall = [], []
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return f.read().splitlines()
+        for line in f:
+            entry = json.loads(line)
+            wall += [v for k, v in entry.items() if k.endswith("/wall_time_s")]
+            entry = {k: v for k, v in entry.items() if not k.endswith("/wall_time_s")}
+            if len(entry) > 1:
+                lines.append(json.dumps(entry))
+    return lines, wall
 
 
 # Session scope: kept until the worker ends, not torn down when another module's test runs
@@ -273,8 +282,10 @@ def test_a_cluster_stopped_by_sigterm_then_a_lost_peer_resumes_as_one_process(re
     assert mine["devices"] == ref["devices"]  # "2 x cpu", as the 2-device process
     # Only process 0 writes, and a resume drops the lines past its checkpoint: each line
     # once, each one the reference's.
-    lines = _metric_lines(workdir)
-    assert len(set(lines)) == len(lines) and set(lines) <= set(_metric_lines(reference))
+    (lines, wall), (reference_lines, _) = _metric_lines(workdir), _metric_lines(reference)
+    assert len(set(lines)) == len(lines) and set(lines) <= set(reference_lines)
+    # A wall time with each kept checkpoint, counted on by each resumed process.
+    assert len(wall) >= 4 and wall == sorted(wall), wall
     assert "results:" in results[0][1] and "results:" not in results[1][1]
     shards = os.listdir(workdir / "checkpoints" / "stage1" / "8" / "default")
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(shards)
