@@ -158,6 +158,8 @@ def _restore(stage: Stage, ctx: RunContext, ckpt, total_steps: int):
                  ckpt.directory)  # fmt: skip
         if not ctx.eval_only:
             ctx.writer.rewind(stage.name, step)
+    elif not ctx.eval_only:
+        ctx.writer.restart(stage.name)
     if ctx.eval_only and _step_of(state) != total_steps:
         raise checkpoint.CheckpointError(
             f"{ckpt.directory} has no finished {stage.name} checkpoint (found step "

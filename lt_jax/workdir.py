@@ -254,8 +254,22 @@ class MetricWriter:
         it writes those steps again. A torn line (killed mid-write) goes too. The file is
         replaced whole, never left half-written. The wall time recorded with the newest
         kept checkpoint line becomes the time of the earlier processes (:meth:`elapsed`)."""
+        kept = self._drop(run, step)
+        spent = [
+            v for e in map(json.loads, kept) for k, v in e.items() if k.endswith("/wall_time_s")
+        ]
+        self.before = max(spent, default=0.0)
+
+    def restart(self, run: str) -> None:
+        """Drops every line of ``run``: it starts from step 0 (no checkpoint), so the lines
+        of an earlier process killed before its first checkpoint would come twice. The wall
+        time stays: the run's earlier stages are counted as they were."""
+        self._drop(run, 0)
+
+    def _drop(self, run: str, step: int) -> list[str]:
+        """Removes the lines of ``run`` past ``step`` and torn lines; the lines kept."""
         if not self.active or not os.path.exists(self.path):
-            return
+            return []
         with open(self.path) as f:
             lines = f.readlines()
 
@@ -268,16 +282,13 @@ class MetricWriter:
             return ours and entry["step"] > step
 
         kept = [line for line in lines if line.strip() and not later(line)]
-        spent = [
-            v for e in map(json.loads, kept) for k, v in e.items() if k.endswith("/wall_time_s")
-        ]
-        self.before = max(spent, default=0.0)
         if len(kept) < len(lines):
             tmp = f"{self.path}.tmp"
             with open(tmp, "w") as f:
                 f.writelines(kept)
             os.replace(tmp, self.path)
             log.info("%s: dropped %d metric lines past step %d", run, len(lines) - len(kept), step)
+        return kept
 
     def close(self) -> None:
         for board in self._tb.values():

@@ -306,3 +306,28 @@ def test_a_resumed_run_counts_the_wall_time_of_the_process_before_it(tmp_path, m
     # The second process's part is all of its call but writing results.json (well under 1 s).
     assert at_sigterm + second - 1.0 < results["wall_time_s"] <= at_sigterm + second + 0.1
     assert json.load(open(tmp_path / "results.json"))["wall_time_s"] == results["wall_time_s"]
+
+
+def test_a_stage_started_again_without_a_checkpoint_drops_its_earlier_lines(tmp_path):
+    """Stage 1 finished (its checkpoint line says 100 s); a process killed in stage 2 before
+    stage 2's first checkpoint wrote a loss line. The next process restores stage 1 (its
+    time counts on from 100 s) and starts stage 2 from step 0: that line goes, stage 1's
+    stay, and the time is still stage 1's."""
+    from lt_jax.workdir import MetricWriter
+
+    writer = MetricWriter(str(tmp_path))
+    writer.write(10, {"stage1/train/loss": 1.0})
+    writer.write(20, {"stage1/wall_time_s": 100.0})
+    writer.write(3, {"stage2/train/loss": 0.3})
+    writer.close()
+    started = time.time()
+    writer = MetricWriter(str(tmp_path), started=started)
+    writer.rewind("stage1", 20)
+    writer.restart("stage2")
+    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert lines == [
+        {"step": 10, "stage1/train/loss": 1.0},
+        {"step": 20, "stage1/wall_time_s": 100.0},
+    ]
+    assert 100.0 <= writer.elapsed() <= 100.0 + time.time() - started
+    writer.close()
