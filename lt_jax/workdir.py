@@ -255,9 +255,7 @@ class MetricWriter:
         replaced whole, never left half-written. The wall time recorded with the newest
         kept checkpoint line becomes the time of the earlier processes (:meth:`elapsed`)."""
         kept = self._drop(run, step)
-        spent = [
-            v for e in map(json.loads, kept) for k, v in e.items() if k.endswith("/wall_time_s")
-        ]
+        spent = [v for entry in kept for k, v in entry.items() if k.endswith("/wall_time_s")]
         self.before = max(spent, default=0.0)
 
     def restart(self, run: str) -> None:
@@ -266,29 +264,32 @@ class MetricWriter:
         time stays: the run's earlier stages are counted as they were."""
         self._drop(run, 0)
 
-    def _drop(self, run: str, step: int) -> list[str]:
-        """Removes the lines of ``run`` past ``step`` and torn lines; the lines kept."""
+    def _drop(self, run: str, step: int) -> list[dict]:
+        """Removes the lines of ``run`` past ``step`` and torn lines; the kept entries."""
         if not self.active or not os.path.exists(self.path):
             return []
         with open(self.path) as f:
             lines = f.readlines()
 
-        def later(line: str) -> bool:
+        def entry_of(line: str) -> dict | None:
             try:
-                entry = json.loads(line)
+                return json.loads(line)
             except json.JSONDecodeError:
-                return True  # the torn last line of a killed write
+                return None  # the torn last line of a killed write
+
+        def later(entry: dict) -> bool:
             ours = any(self._run_of(k) == run for k in entry if k != "step")
             return ours and entry["step"] > step
 
-        kept = [line for line in lines if line.strip() and not later(line)]
+        parsed = [(line, entry_of(line)) for line in lines if line.strip()]
+        kept = [(line, e) for line, e in parsed if e is not None and not later(e)]
         if len(kept) < len(lines):
             tmp = f"{self.path}.tmp"
             with open(tmp, "w") as f:
-                f.writelines(kept)
+                f.writelines(line for line, _ in kept)
             os.replace(tmp, self.path)
             log.info("%s: dropped %d metric lines past step %d", run, len(lines) - len(kept), step)
-        return kept
+        return [e for _, e in kept]
 
     def close(self) -> None:
         for board in self._tb.values():
