@@ -233,7 +233,8 @@ def test_resnet_on_one_cpu_device_uses_the_native_kernels_with_xlas_numbers(tmp_
 
 
 def test_without_a_compiler_the_models_fall_back_to_xla(tmp_path):
-    """No usable compiler (a fresh cache, $CXX failing): one warning, XLA's ops, same numbers."""
+    """No usable compiler (a fresh cache, $CXX failing): one warning, and the traced train step
+    calls none of the native ops (XLA's, whose numbers tests/test_kernels.py checks)."""
     out, err = _run(CALLS_CHECK, tmp_path, CXX="/bin/false", LT_JAX_CACHE=str(tmp_path))
     assert not out["available"] and not out["enabled"]
     assert "failed" in out["why"] and "native CPU convolution unavailable" in err
