@@ -50,13 +50,6 @@ PHASES = {
     "fbl": {0: "curriculum t = 0, warm-up", 150: "t = (150 / 190)^2, lr 0.1"},
     "gcl": {0: "noise + mixup, warm-up", 180: "lr x0.01 (epoch + 1 > 180)"},
 }
-LR_FACTORS = {  # the releases' adjust_learning_rate factors (of 0.1) after 160 and 180
-    "ce": (0.01, 0.0001),
-    "ldam_drw": (0.01, 0.0001),
-    "fbl": (0.01, 0.0001),
-    "kps_ga": (0.1, 0.01),
-    "gcl": (0.1, 0.01),
-}
 
 
 def _setup(method, data_dir, seed, kernels, batch_size=0):
@@ -250,24 +243,13 @@ class _TorchSide:
 
     def step(self, x, y, lr, criterion, mixing, noises):
         """The release's train iteration; returns (loss, scores before the update)."""
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.model.train()
-        x = x.to(self.dtype)
-        noise_a, noise_b = (n.to(self.dtype) for n in noises)
-        if mixing is not None:  # mixup_data / mixup_criterion (GCL release)
-            lam, perm = mixing
-            out, feat = self.model(lam * x + (1 - lam) * x[perm])
-            loss = lam * criterion(out, feat, y, noise_a) + (1 - lam) * criterion(
-                out, feat, y[perm], noise_b
-            )
-        else:
-            out, feat = self.model(x)
-            loss = criterion(out, feat, y, noise_a)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return float(loss.item()), out.detach().double().numpy()
+        from benchmarks.torch_reference import release_train_step
+
+        noises = tuple(n.to(self.dtype) for n in noises)
+        loss, out = release_train_step(
+            self.model, self.opt, x.to(self.dtype), y, lr, criterion, mixing, noises
+        )
+        return float(loss.item()), out.double().numpy()
 
 
 def run_phase(method, start_epoch, steps, *, setup, sync):
@@ -277,7 +259,7 @@ def run_phase(method, start_epoch, steps, *, setup, sync):
     import optax
     import torch
 
-    from benchmarks.torch_reference import release_loss, release_lr
+    from benchmarks.torch_reference import RELEASE, release_loss, release_lr
     from lt_jax import steps as steps_lib
     from lt_jax.data import augment, pipeline
     from lt_jax.data import samplers as smp
@@ -332,7 +314,7 @@ def run_phase(method, start_epoch, steps, *, setup, sync):
             mixing = float(lam), torch.from_numpy(np.asarray(perm).astype(np.int64))
         shape = (len(idx), data.num_classes)
         noises = [_noise(gcl_lib.gcl_noise(k, shape)) for k in (k_loss, k_loss_b)]
-        lr = release_lr(epoch, factors=LR_FACTORS[method])
+        lr = release_lr(epoch, factors=RELEASE[method]["factors"])
         criterion = release_loss(method, data.class_counts, epoch=epoch, epochs=config.epochs)
         losses = {"lt_jax": float(metrics["loss"])}
         for name, side in sides.items():

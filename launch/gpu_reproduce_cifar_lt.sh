@@ -16,6 +16,12 @@
 # archive extracted to /tmp), RUNS (/tmp/runs), OUT (where runs.tar.gz and the report go),
 # NUM_SEEDS (unset: one process per seed; K: one process per method training the K seeds
 # from the first of SEEDS in one vmapped program, config.num_seeds=K, workdir <method>_kK).
+# REFERENCE (unset: none; e.g. fbl or fbl,ldam_drw): those methods' released recipes also run
+# whole in PyTorch beside lt_jax (benchmarks/torch_reference.py: the releases' model, init,
+# schedule and criteria, written independently, same data and seeds, own draws), one process
+# per method and seed, results in $RUNS/torch_<method>_s<seed>.json and reference.md: whether
+# the releases' own recipe reaches the published number on this data. They keep no
+# checkpoint: a reference run still going at the deadline is lost. REFERENCE_DEVICE: cuda.
 # The pack holds the split-seed-0 images only, so a KPS run here uses split seed 0 (its
 # release used 666; lt_jax refuses a split that would select a blanked image).
 set -uo pipefail
@@ -35,12 +41,15 @@ if [ -n "${NUM_SEEDS:-}" ]; then
   seeds=("${seeds[0]}")
   extra=(--config.num_seeds="$NUM_SEEDS")
 fi
+IFS=, read -r -a references <<< "${REFERENCE:-}"
+IFS=, read -r -a ref_seeds <<< "$SEEDS"
 n=$(( ${#methods[@]} * ${#seeds[@]} ))
+n_all=$(( n + ${#references[@]} * ${#ref_seeds[@]} ))
 if command -v nvidia-cuda-mps-control > /dev/null && nvidia-smi > /dev/null 2>&1; then
   nvidia-cuda-mps-control -d && say "MPS on"
   # Each process takes its share of the GPU's memory instead of XLA's default 75%.
   export XLA_PYTHON_CLIENT_MEM_FRACTION
-  XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9 / $n, 3))")
+  XLA_PYTHON_CLIENT_MEM_FRACTION=$(python3 -c "print(round(0.9 / $n_all, 3))")
 fi
 
 say "training $n runs: methods $METHODS x seeds $SEEDS, $EPOCHS epochs, deadline ${DEADLINE_S}s"
@@ -56,6 +65,16 @@ for m in "${methods[@]}"; do
     pids+=($!)
   done
 done
+for m in "${references[@]}"; do
+  for s in "${ref_seeds[@]}"; do
+    name="torch_${m}_s$s"
+    python3 benchmarks/torch_reference.py --method "$m" --seed "$s" --epochs "$EPOCHS" \
+      --eval-every "$EVAL_EVERY" --device "${REFERENCE_DEVICE:-cuda}" --threads 2 --data-dir "$DATA_DIR" \
+      --out "$RUNS/$name.json" > "$RUNS/$name.log" 2>&1 &
+    pids+=($!)
+  done
+done
+[ ${#references[@]} -gt 0 ] && say "and the PyTorch reference: $REFERENCE x seeds $SEEDS"
 while :; do
   alive=0
   for p in "${pids[@]}"; do kill -0 "$p" 2> /dev/null && alive=$((alive + 1)); done
@@ -81,6 +100,9 @@ if [ -n "$finished" ]; then
   # The figures stay in /tmp (a lent GPU sends back at most 8 files).
   python3 -m lt_jax.report $finished --out /tmp/report > /dev/null && cp /tmp/report/report.md "$OUT/"
   cat "$OUT/report.md"
+fi
+if ls "$RUNS"/torch_*.json > /dev/null 2>&1; then
+  python3 benchmarks/torch_reference.py --summarize "$RUNS"/torch_*.json | tee "$OUT/reference.md"
 fi
 tar -czf "$OUT/runs.tar.gz" -C "$RUNS" --exclude=checkpoints --exclude=tensorboard .
 say "wrote $OUT/runs.tar.gz ($(du -h "$OUT/runs.tar.gz" | cut -f1)) and the report"

@@ -7,6 +7,10 @@ mixup) and must match the float32 release within float32 rounding: the same lear
 loss and logits, parameters and BatchNorm statistics as far from the float64 release as the
 float32 release itself is. A wrong schedule boundary, reduction, margin or running-variance
 rule makes it fail (the test below also shows one).
+
+The same file checks the PyTorch reference trainer of benchmarks/torch_reference.py (the
+releases' recipes run whole, beside lt_jax's runs): its release settings against lt_jax's
+configs, its vectorised crops against a per-image loop, its compressed schedule.
 """
 
 import os
@@ -17,7 +21,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from benchmarks import lockstep  # noqa: E402
+from benchmarks import lockstep, torch_reference  # noqa: E402
 
 PER_CLASS = 100  # the release split keeps [100, 59, 35, 21, 12, 7, 4, 2, 1, 1]: 242 images
 
@@ -97,3 +101,64 @@ def test_a_schedule_one_epoch_late_is_caught(cifar_dir, monkeypatch, tmp_path):
     md = (tmp_path / "lockstep.md").read_text()
     assert md.startswith("| method |") and "| ldam_drw | 160 (DRW" in md
     assert "| step 1280: learning rate |" in md  # epoch 160 x 8 steps of 32
+
+
+# --- the PyTorch reference trainer ---------------------------------------------------------------
+
+
+def test_reference_crops_and_flips_each_image_at_its_own_draws():
+    """The vectorised crop + flip against a per-image loop written here: zero padding of 4,
+    the window at (row, column) offset, mirrored columns where flipped."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
+    offsets, flip = rng.integers(0, 9, (6, 2)), np.array([1, 0, 1, 0, 0, 1], bool)
+    got = torch_reference.crop_flip(
+        torch.from_numpy(x), torch.from_numpy(offsets), torch.from_numpy(flip)
+    ).numpy()
+    padded = np.pad(x, ((0, 0), (0, 0), (4, 4), (4, 4)))
+    for k, ((a, b), f) in enumerate(zip(offsets, flip, strict=True)):
+        want = padded[k, :, a : a + 32, b : b + 32]
+        np.testing.assert_array_equal(got[k], want[:, :, ::-1] if f else want)
+
+
+@pytest.mark.parametrize("method", sorted(torch_reference.RELEASE))
+def test_reference_release_settings_are_lt_jax_configs(method):
+    """The settings the PyTorch reference trains with, written from the releases' scripts,
+    are the ones configs/cifar_lt.py gives lt_jax (a run of each is the same recipe)."""
+    from lt_jax import methods, sweep
+
+    config = sweep.load_config(
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "cifar_lt.py"),
+        f"method={method},stage2=none",
+    )
+    r = torch_reference.RELEASE[method]
+    assert config.batch_size == r["batch"]
+    assert (config.lr, config.warmup_epochs, tuple(config.lr_boundaries)) == (0.1, 5, (160, 180))
+    assert tuple(config.lr_factors) == r["factors"]
+    assert config.wd == torch_reference.RELEASE_WD and config.mixup_alpha == r["mixup"]
+    counts = np.array([100, 59, 35, 21, 12, 7, 4, 2, 1, 1])
+    assert methods.get_method(method, config.loss, counts, 4).head == r["head"]
+
+
+@pytest.mark.parametrize("method", ["ldam_drw", "gcl"])
+def test_reference_trainer_compresses_the_recipe_and_evaluates(cifar_dir, method):
+    """Five epochs: epoch e runs the release's epoch 40 e, so the lr is 0.02 (warm-up), 0.1,
+    0.1, 0.1, then the release's epoch-160 decay (LDAM-DRW x0.01, GCL x0.1), hand-computed;
+    the test set is evaluated after epochs 2, 4 and the last. GCL runs mixup and its noise."""
+    from lt_jax import sweep
+    from lt_jax.data import datasets
+
+    config = sweep.load_config(
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "cifar_lt.py"),
+        f"method={method},data_dir={cifar_dir}",
+    )
+    data, _ = datasets.load_dataset(config.dataset)
+    lines = []
+    torch.set_num_threads(1)
+    r = torch_reference.train_release(method, data, epochs=5, eval_every=2, log=lines.append)
+    lrs = [float(line.split(" lr ")[1].split()[0]) for line in lines]
+    assert lrs == [0.02, 0.1, 0.1, 0.1, 0.001 if method == "ldam_drw" else 0.01], lines
+    assert [e for e, _ in r["evaluations"]] == [2, 4, 5] and r["final"]["epoch"] == 5
+    assert r["best_epoch"]["top1"] == max(t for _, t in r["evaluations"])
+    assert r["train_class_counts"] == [100, 59, 35, 21, 12, 7, 4, 2, 1, 1]
+    assert len(r["final"]["per_class_accuracy"]) == 10 and 0 <= r["final"]["top1"] <= 1
