@@ -22,7 +22,10 @@ def make_losses(counts, key):
     return {
         "ce": lambda z, f, y: losses.softmax_cross_entropy(z, y),
         "focal": lambda z, f, y: losses.focal_loss(z, y, gamma=1.0),
-        "cb_focal": lambda z, f, y: losses.focal_loss(
+        "cb_focal": lambda z, f, y: losses.sigmoid_focal_loss(
+            z, y, class_weights=losses.class_balanced_weights(counts)
+        ),
+        "cb_focal_softmax": lambda z, f, y: losses.focal_loss(
             z, y, class_weights=losses.class_balanced_weights(counts)
         ),
         "ldam_drw": lambda z, f, y: losses.ldam_loss(

@@ -26,8 +26,9 @@ warm-up over epochs 0-4 (0-based), decays from 0-based epochs 160 and 180 (the r
   fbl: batch 64, x0.01 / x0.0001, lam 60, t = (e / 190)^2;
   gcl: batch 64, x0.1 / x0.01, mixup 1; stage 2: 30 epochs, CBEN,
        cosine lr from 0.002, mixup 1, focal GCL with s=20, m=0.1;
-  ce / focal / cb_focal / ldam_drw / balanced_softmax / logit_adjusted(_posthoc):
-       batch 128, x0.01 / x0.0001 (LDAM-DRW release; DRW from 160, weighted mean).
+  ce / focal / cb_focal(_softmax) / ldam_drw / balanced_softmax / logit_adjusted(_posthoc):
+       batch 128, x0.01 / x0.0001 (LDAM-DRW release; DRW from 160, weighted mean;
+       the CB focal release uses the same schedule, beta 0.9999, gamma 1).
 Published top-1 on CIFAR-10-LT IF 100 (spec section 7, best test epoch): FBL 82.46,
 LDAM-DRW 77.03, CB focal 74.57.
 

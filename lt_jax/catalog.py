@@ -8,8 +8,10 @@ every name here is registered (``methods.METHODS``, ``config_lib.STAGE2_PRESETS`
 METHODS = {
     "ce": "cross-entropy, the baseline",
     "focal": "focal loss, gamma 1 (Lin et al., ICCV 2017, arXiv:1708.02002)",
-    "cb_focal": "class-balanced focal loss, effective-number weights "
-    "(Cui et al., CVPR 2019, arXiv:1901.05555)",
+    "cb_focal": "class-balanced focal loss as Cui et al. released it: a sigmoid per class, "
+    "effective-number weights, prior bias init (CVPR 2019, arXiv:1901.05555)",
+    "cb_focal_softmax": "softmax focal loss with class-balanced weights (lt_jax's cb_focal "
+    "before 2026-12-02)",
     "ldam_drw": "label-distribution-aware margins + deferred re-weighting "
     "(Cao et al., NeurIPS 2019, arXiv:1906.07413)",
     "balanced_softmax": "softmax with log class priors added to the logits in training "

@@ -25,6 +25,7 @@ LOSS_DEFAULTS = {
     "ce": {},
     "focal": {"gamma": 1.0},
     "cb_focal": {"gamma": 1.0, "beta": 0.9999},
+    "cb_focal_softmax": {"gamma": 1.0, "beta": 0.9999},
     "ldam_drw": {"max_m": 0.5, "s": 30.0, "beta": 0.9999, "drw_epoch": 160},
     "balanced_softmax": {},
     "logit_adjusted": {"tau": 1.0},

@@ -12,7 +12,11 @@
 * ``predict(logits) -> scores`` for evaluation (post-hoc logit adjustment);
 * ``ga_start_step``: start of the optax gradient adjustment (``None``: off);
 * ``prob_scale``: cosine heads' logit scale, so that calibration is measured on
-  the probabilities the loss trains (``softmax(s * cos)``).
+  the probabilities the loss trains (``softmax(s * cos)``);
+* ``head_bias_init``: a constant for the linear head's initial bias (``None``: the
+  model's own initialisation), and ``head_bias_decay``: whether weight decay acts on
+  that bias (the sigmoid CB focal release starts it at the prior -log(C - 1) and
+  leaves it undecayed).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class Method(NamedTuple):
     reduce: Callable = _mean
     ga_start_step: int | None = None
     prob_scale: float = 1.0  # softmax(prob_scale * scores) are the probabilities (ECE)
+    head_bias_init: float | None = None
+    head_bias_decay: bool = True
 
 
 def get_method(name: str, cfg, class_counts: np.ndarray, steps_per_epoch: int) -> Method:
@@ -60,6 +66,23 @@ def _focal(cfg, counts, spe):
 
 
 def _cb_focal(cfg, counts, spe):
+    """Cui et al.'s CB focal as released (richardaecn/class-balanced-loss, the published
+    CIFAR-LT numbers): one sigmoid per class, the batch mean of the weighted sums, the head
+    bias starting at the prior -log(C - 1) with no weight decay on it."""
+    w = losses.class_balanced_weights(counts, beta=cfg.beta)
+    return Method(
+        "linear",
+        lambda z, f, y, key, step: losses.sigmoid_focal_loss(
+            z, y, gamma=cfg.gamma, class_weights=w
+        ),
+        head_bias_init=-float(np.log(len(counts) - 1)),
+        head_bias_decay=False,
+    )
+
+
+def _cb_focal_softmax(cfg, counts, spe):
+    """Softmax focal loss with class-balanced weights, ``w_y (1 - p_y)^gamma (-log p_y)``
+    averaged over the batch (lt_jax's ``cb_focal`` before 2026-12-02)."""
     w = losses.class_balanced_weights(counts, beta=cfg.beta)
     return Method(
         "linear",
@@ -166,6 +189,7 @@ METHODS = {
     "ce": _ce,
     "focal": _focal,
     "cb_focal": _cb_focal,
+    "cb_focal_softmax": _cb_focal_softmax,
     "ldam_drw": _ldam_drw,
     "balanced_softmax": _balanced_softmax,
     "logit_adjusted": _logit_adjusted,

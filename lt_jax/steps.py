@@ -91,10 +91,13 @@ class InitialState(NamedTuple):
     tx: optax.GradientTransformation  # the optimizer, a frozen trunk masked out
 
 
-def init_state(config, num_classes: int, head: str, tx, *, input_shape, seed=None) -> InitialState:
+def init_state(
+    config, num_classes: int, head: str, tx, *, input_shape, seed=None, head_bias=None
+) -> InitialState:
     """Builds the model (``config.model`` with a ``head`` classifier, for images of
     ``input_shape`` (H, W, C)) and its train state, initialised from ``seed`` (default
-    ``config.seed``).
+    ``config.seed``). ``head_bias``: a constant the linear head's bias starts at
+    (``Method.head_bias_init``).
 
     ``tx`` comes back wrapped so that a frozen trunk (Places-LT's ResNet-152) gets
     no update at all. ``config.pretrained`` (a torchvision ``.npz``) initialises
@@ -111,6 +114,10 @@ def init_state(config, num_classes: int, head: str, tx, *, input_shape, seed=Non
     )
     if config.pretrained:
         models.load_torchvision_weights(model, config.pretrained)
+    if head_bias is not None:
+        if not hasattr(model.head, "bias"):
+            raise ValueError(f"a head bias init needs the linear head; the {head} head has none")
+        model.head.bias[...] = jnp.full_like(model.head.bias[...], head_bias)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     labels = models.frozen_param_labels(model, params)
     if "frozen" in jax.tree.leaves(labels):
@@ -129,7 +136,9 @@ def seeds_of(config) -> tuple[int, ...]:
     return tuple(config.seed + k for k in range(config.num_seeds))
 
 
-def init_seeds(config, num_classes: int, head: str, tx, *, input_shape) -> InitialState:
+def init_seeds(
+    config, num_classes: int, head: str, tx, *, input_shape, head_bias=None
+) -> InitialState:
     """:func:`init_state` of one seed, or with ``num_seeds`` K > 1 the K seeds' states
     stacked on a leading axis, each exactly as a run with that seed initialises it.
 
@@ -137,11 +146,10 @@ def init_seeds(config, num_classes: int, head: str, tx, *, input_shape) -> Initi
     after another inside the program on CPU).
     """
     seeds = seeds_of(config)
+    kw = dict(input_shape=input_shape, head_bias=head_bias)
     if len(seeds) == 1:
-        return init_state(config, num_classes, head, tx, input_shape=input_shape)
-    inits = [
-        init_state(config, num_classes, head, tx, input_shape=input_shape, seed=s) for s in seeds
-    ]
+        return init_state(config, num_classes, head, tx, **kw)
+    inits = [init_state(config, num_classes, head, tx, seed=s, **kw) for s in seeds]
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[i.state for i in inits])
     return inits[0]._replace(state=stacked)
 

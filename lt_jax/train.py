@@ -148,11 +148,20 @@ def train_stage1(ctx: RunContext, method: methods.Method, steps_per_epoch: int):
     config, data, source = ctx.config, ctx.data, ctx.input
     kernels = steps.kernels(config)  # fails fast on an unknown name
     tx, lr_fn = optim.create_optimizer(
-        config, steps_per_epoch, ga_start_step=method.ga_start_step, num_classes=data.num_classes
+        config,
+        steps_per_epoch,
+        ga_start_step=method.ga_start_step,
+        num_classes=data.num_classes,
+        decay_head_bias=method.head_bias_decay,
     )
     seeds = steps.seeds_of(config)  # several: one program vmapped over the seeds
     init = steps.init_seeds(
-        config, data.num_classes, method.head, tx, input_shape=source.image_shape
+        config,
+        data.num_classes,
+        method.head,
+        tx,
+        input_shape=source.image_shape,
+        head_bias=method.head_bias_init,
     )
     info = datasets.info(config.dataset.name)
     prep = steps.preprocess(config, config.dataset.augment, info.mean, info.std)

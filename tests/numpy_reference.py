@@ -29,6 +29,16 @@ def focal(z, y, gamma, w=None):
     return loss if w is None else loss * w[y]
 
 
+def sigmoid_focal(z, y, gamma, w=None):
+    """Cui et al.'s sigmoid focal loss in probability space: per class p_t = sigmoid(z) for
+    the label, 1 - sigmoid(z) otherwise; -(1 - p_t)^gamma log p_t summed over classes."""
+    p = 1 / (1 + np.exp(-z))
+    target = np.arange(z.shape[1])[None, :] == np.asarray(y)[:, None]
+    p_t = np.where(target, p, 1 - p)
+    loss = np.sum(-((1 - p_t) ** gamma) * np.log(p_t), axis=1)
+    return loss if w is None else loss * w[y]
+
+
 def cb_weights(n, beta):
     n = np.asarray(n, np.float64)
     w = (1 - beta) / (1 - beta**n)

@@ -57,9 +57,19 @@ def _cases(counts, y, key):
             lambda z: ref.focal(z, y, 2.0),
             False,
         ),
-        "cb_focal": (
+        "cb_focal_softmax": (
             lambda z: losses.focal_loss(z, y, gamma=1.0, class_weights=w),
             lambda z: ref.focal(z, y, 1.0, w),
+            False,
+        ),
+        "sigmoid_focal": (
+            lambda z: losses.sigmoid_focal_loss(z, y, gamma=2.0),
+            lambda z: ref.sigmoid_focal(z, y, 2.0),
+            False,
+        ),
+        "cb_focal": (
+            lambda z: losses.sigmoid_focal_loss(z, y, gamma=1.0, class_weights=w),
+            lambda z: ref.sigmoid_focal(z, y, 1.0, w),
             False,
         ),
         "ldam": (
@@ -477,6 +487,40 @@ def test_ldam_drw_batch_loss_is_pytorchs_weighted_mean():
         np.testing.assert_allclose(float(got), want, rtol=2e-5)
     # The weighted mean is not the plain mean of the weighted losses (the old reduction).
     assert abs(np.sum(w[y] * unweighted) / np.sum(w[y]) - np.mean(w[y] * unweighted)) > 0.1
+
+
+def test_sigmoid_focal_hand_computed_and_against_torch():
+    """Two hand-computed values, then torchvision's formula written in PyTorch
+    (BCE-with-logits times (1 - p_t)^gamma, summed over classes) on random logits."""
+    # z = 0, 2 classes, gamma 1: each class 0.5 * log 2; class weight 3 scales both.
+    got = losses.sigmoid_focal_loss(
+        jnp.zeros((1, 2)), jnp.array([1]), class_weights=np.array([1.0, 3.0])
+    )
+    np.testing.assert_allclose(np.asarray(got), [3 * np.log(2)], rtol=1e-6)
+    # z = (2, -1), label 0, gamma 2: sigma(-2)^2 log(1 + e^-2) + sigma(-1)^2 log(1 + e^-1).
+    s = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    want = s(-2) ** 2 * np.log1p(np.exp(-2)) + s(-1) ** 2 * np.log1p(np.exp(-1))
+    got = losses.sigmoid_focal_loss(jnp.array([[2.0, -1.0]]), jnp.array([0]), gamma=2.0)
+    np.testing.assert_allclose(np.asarray(got), [want], rtol=1e-6)
+    torch = pytest.importorskip("torch")
+    counts, z, y = random_problem(10)
+    w = ref.cb_weights(counts, 0.9999)
+    zt = torch.from_numpy(z.astype(np.float64))
+    t = torch.nn.functional.one_hot(torch.from_numpy(y.astype(np.int64)), 10).double()
+    p = torch.sigmoid(zt)
+    p_t = p * t + (1 - p) * (1 - t)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(zt, t, reduction="none")
+    want = ((1 - p_t) ** 1.0 * bce).sum(1).numpy() * w[y]
+    got = losses.sigmoid_focal_loss(z, y, gamma=1.0, class_weights=w)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=1e-6)
+
+
+def test_sigmoid_focal_is_finite_at_saturated_logits():
+    z = jnp.array([[80.0, -80.0, 0.0], [-80.0, 80.0, 30.0]])
+    y = jnp.array([1, 1])
+    for gamma in (0.0, 0.5, 2.0):
+        fn = lambda v, g=gamma: jnp.sum(losses.sigmoid_focal_loss(v, y, gamma=g))  # noqa: E731
+        assert np.isfinite(float(fn(z))) and np.all(np.isfinite(np.asarray(jax.grad(fn)(z))))
 
 
 def test_weighted_mean_against_torch():

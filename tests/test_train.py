@@ -78,6 +78,36 @@ def test_methods_train_one_epoch(tmp_path, method):
     assert np.isfinite(results["final"]["top1"])
 
 
+def test_cb_focal_starts_the_head_bias_at_the_prior_and_never_decays_it(tmp_path, monkeypatch):
+    """Cui et al.'s release, through a real run: the head bias starts at -log(C - 1) =
+    -log 9, and weight decay skips it (zero gradients: the bias gets no update, every other
+    parameter shrinks by the same lr * wd)."""
+    seen, real = {}, steps.init_seeds
+
+    def spy(*args, **kw):
+        init = real(*args, **kw)
+        # Copies: the run donates the state to its first step.
+        seen.update(tx=init.tx, state=jax.tree.map(np.array, init.state))
+        return init
+
+    monkeypatch.setattr(steps, "init_seeds", spy)
+    results = train.train_and_evaluate(tiny("cb_focal", epochs=1), str(tmp_path))
+    assert np.isfinite(results["final"]["top1"])
+    params = seen["state"]["params"]
+    np.testing.assert_allclose(params["head"]["bias"][...], np.full(10, -np.log(9.0)), rtol=1e-6)
+    zeros = jax.tree.map(np.zeros_like, params)
+    updates, _ = seen["tx"].update(zeros, seen["state"]["opt_state"], params)
+    assert np.all(np.asarray(updates["head"]["bias"][...]) == 0)
+    ratios = {
+        name: np.asarray(updates[name]["kernel"][...]) / params[name]["kernel"][...]
+        for name in ("head", "conv1", "dense")
+    }
+    lr_wd = ratios["head"].flat[0]
+    assert lr_wd < 0
+    for r in ratios.values():
+        np.testing.assert_allclose(r, lr_wd, rtol=1e-5)
+
+
 def _one_step(config, devices, state0, graphdef, head_graphdef, method, tx, lr_fn, data):
     mesh = pipeline.create_mesh(devices)
     rep = NamedSharding(mesh, P())

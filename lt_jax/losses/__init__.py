@@ -16,6 +16,7 @@ from lt_jax.losses.baselines import (
     ldam_margins,
     logit_adjust,
     logit_adjusted_loss,
+    sigmoid_focal_loss,
     softmax_cross_entropy,
     weighted_mean,
 )
@@ -26,6 +27,7 @@ from lt_jax.losses.kps import kps_class_scale, kps_ga_scale, kps_loss, kps_margi
 _LOSSES = {
     "ce": softmax_cross_entropy,
     "focal": focal_loss,
+    "sigmoid_focal": sigmoid_focal_loss,
     "ldam": ldam_loss,
     "balanced_softmax": balanced_softmax_loss,
     "logit_adjusted": logit_adjusted_loss,
@@ -78,6 +80,7 @@ __all__ = [
     "logit_adjust",
     "logit_adjusted_loss",
     "loss_names",
+    "sigmoid_focal_loss",
     "softmax_cross_entropy",
     "weighted_mean",
 ]

@@ -73,6 +73,15 @@ def weighted_mean(per_example: ArrayLike, labels: ArrayLike, class_weights: Arra
     return jnp.sum(jnp.asarray(per_example)) / jnp.sum(w)
 
 
+def _focal_inputs(logits, labels, gamma, class_weights):
+    """The focal losses' checks: (logits in the compute dtype, checked class weights)."""
+    if not gamma >= 0:
+        raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+    c.check_logits_labels(logits, labels, None)
+    weights = c.check_class_weights(class_weights, jnp.shape(logits)[1])
+    return jnp.asarray(logits, c.compute_dtype(logits)), weights
+
+
 def _focal_modulation(log_p: Array, gamma: float) -> Array:
     """(1 - p)^gamma computed from log p; finite gradient also when p -> 1."""
     one_minus_p = jnp.maximum(-jnp.expm1(log_p), 1e-30)
@@ -109,17 +118,62 @@ def focal_loss(
       >>> print(losses.focal_loss(jnp.zeros((1, 2)), jnp.array([0]), gamma=1.0).round(4))
       [0.3466]
     """
-    if not gamma >= 0:
-        raise ValueError(f"focal gamma must be >= 0, got {gamma}")
-    c.check_logits_labels(logits, labels, None)
-    num_classes = jnp.shape(logits)[1]
-    weights = c.check_class_weights(class_weights, num_classes)
-    logits = jnp.asarray(logits, c.compute_dtype(logits))
+    logits, weights = _focal_inputs(logits, labels, gamma, class_weights)
 
     def single(z, y):
         log_p = jax.nn.log_softmax(z)[y]
         loss = -log_p if gamma == 0 else -_focal_modulation(log_p, gamma) * log_p
         return c.weighted(loss, y, weights)
+
+    return jax.vmap(single)(logits, labels)
+
+
+def sigmoid_focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: float = 1.0,
+    class_weights: ArrayLike | None = None,
+) -> Array:
+    r"""Sigmoid focal loss over every class, optionally class weighted: the CB focal loss
+    of Cui et al. (CVPR 2019) as its release computes it.
+
+    .. math:: \ell_i = w_{y_i} \sum_j (1 - p^t_{ij})^\gamma
+              \, \mathrm{BCE}(z_{ij}, \mathbb{1}[j = y_i]),
+              \quad p^t_{ij} = \sigma(z_{ij}) \text{ if } j = y_i
+              \text{ else } 1 - \sigma(z_{ij})
+
+    One independent sigmoid per class (not a softmax): every non-target class adds its
+    own modulated term, and the example's class weight scales all of them. In log space,
+    as the release does: :math:`\mathrm{BCE} = \log(1 + e^{z}) - t z` and
+    :math:`(1 - p^t)^\gamma = \exp(-\gamma t z - \gamma \log(1 + e^{-z}))` with
+    :math:`t = \mathbb{1}[j = y_i]`, finite for any logit. The release divides the batch
+    sum by the batch size: reduce with the mean. Pair it with the prior bias
+    initialisation :math:`b_j = -\log(C - 1)` (``Method.head_bias_init``).
+
+    Args:
+      logits: [B, C] logits.
+      labels: [B] integer labels.
+      gamma: focusing parameter, >= 0 (0: class-weighted sigmoid cross-entropy).
+      class_weights: optional [C] per-class weights (e.g. :func:`class_balanced_weights`).
+
+    Returns:
+      [B] per-example losses.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from lt_jax import losses
+      >>> # zero logits, 2 classes: each term is 0.5 * log 2, two of them
+      >>> print(losses.sigmoid_focal_loss(jnp.zeros((1, 2)), jnp.array([0])).round(4))
+      [0.6931]
+    """
+    logits, weights = _focal_inputs(logits, labels, gamma, class_weights)
+
+    def single(z, y):
+        t = jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)
+        bce = jax.nn.softplus(z) - t * z
+        loss = bce if gamma == 0 else jnp.exp(-gamma * (t * z + jax.nn.softplus(-z))) * bce
+        return c.weighted(jnp.sum(loss), y, weights)
 
     return jax.vmap(single)(logits, labels)
 

@@ -8,6 +8,7 @@ gradients, before weight decay).
 
 from __future__ import annotations
 
+import jax
 import optax
 
 from lt_jax.optim import gradient_adjustment as ga_lib
@@ -37,13 +38,29 @@ def learning_rate(opt, steps_per_epoch: int):
     raise ValueError(f"unknown schedule {opt.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
+def _all_but_head_bias(params):
+    """Weight-decay mask: every parameter but the classifier head's bias."""
+
+    def keep(path, _):
+        keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        return keys[:2] != ["head", "bias"]
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
 def create_optimizer(
-    opt, steps_per_epoch: int, *, ga_start_step: int | None = None, num_classes: int = 0
+    opt,
+    steps_per_epoch: int,
+    *,
+    ga_start_step: int | None = None,
+    num_classes: int = 0,
+    decay_head_bias: bool = True,
 ):
     """``(tx, lr_fn)`` of a stage; ``opt`` is the top-level config (stage 1) or
     ``config.stage2``. With ``ga_start_step`` the chain starts with
     ``gradient_adjustment(num_classes, ...)`` over the ``head`` parameters, configured by
-    ``opt.ga`` (``alpha``, ``r_min``, ``decay``)."""
+    ``opt.ga`` (``alpha``, ``r_min``, ``decay``). ``decay_head_bias=False`` exempts the
+    head's bias from weight decay (``Method.head_bias_decay``)."""
     lr = learning_rate(opt, steps_per_epoch)
     parts = []
     if ga_start_step is not None:
@@ -57,5 +74,9 @@ def create_optimizer(
                 start_step=ga_start_step,
             )
         )
-    parts += [optax.add_decayed_weights(opt.wd), optax.sgd(lr, momentum=opt.momentum)]
+    mask = None if decay_head_bias else _all_but_head_bias
+    parts += [
+        optax.add_decayed_weights(opt.wd, mask=mask),
+        optax.sgd(lr, momentum=opt.momentum),
+    ]
     return optax.chain(*parts), lr
