@@ -370,15 +370,15 @@ PUBLISHED = {"fbl": 82.46, "ldam_drw": 77.03, "ce": 70.36}  # CIFAR-10-LT IF 100
 def summarize(results) -> str:
     """A markdown table of reference runs (``train_release`` results), per method: mean ±
     sample std over seeds of the final and the best evaluated epoch's top-1, in %."""
-    by = {}
+    by = {}  # one row per method and length
     for r in results:
-        by.setdefault(r["method"], []).append(r)
+        by.setdefault((r["method"], r["epochs"]), []).append(r)
     lines = [
         "| PyTorch reference | epochs | seeds | top-1 final | top-1 best epoch | published "
         "| wall time / run | device |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for method, runs in sorted(by.items()):
+    for (method, epochs), runs in sorted(by.items()):
         cells = []
         for part in ("final", "best_epoch"):
             v = [100 * r[part]["top1"] for r in runs]
@@ -386,7 +386,7 @@ def summarize(results) -> str:
             cells.append(f"{np.mean(v):.2f}{spread}")
         wall = np.mean([r["wall_time_s"] for r in runs])
         lines.append(
-            f"| {method} | {runs[0]['epochs']} | {','.join(str(r['seed']) for r in runs)} | "
+            f"| {method} | {epochs} | {','.join(str(r['seed']) for r in runs)} | "
             f"{cells[0]} | {cells[1]} | {PUBLISHED.get(method, '')} | {wall:.0f} s | "
             f"{runs[0]['device']} |"
         )

@@ -31,8 +31,6 @@ SEEDS="${SEEDS:-0,1,2}"
 EPOCHS="${EPOCHS:-200}"
 EVAL_EVERY="${EVAL_EVERY:-1}"
 DEADLINE_S="${DEADLINE_S:-520}"
-# shellcheck source=launch/gpu_setup.sh
-. launch/gpu_setup.sh
 
 IFS=, read -r -a methods <<< "$METHODS"
 IFS=, read -r -a seeds <<< "$SEEDS"
@@ -43,6 +41,14 @@ if [ -n "${NUM_SEEDS:-}" ]; then
 fi
 IFS=, read -r -a references <<< "${REFERENCE:-}"
 IFS=, read -r -a ref_seeds <<< "$SEEDS"
+for m in "${references[@]}"; do
+  case ",ce,ldam_drw,kps_ga,fbl,gcl," in
+    *",$m,"*) ;;
+    *) echo "REFERENCE=$REFERENCE: no PyTorch reference of $m (ce, ldam_drw, kps_ga, fbl, gcl)"; exit 2 ;;
+  esac
+done
+# shellcheck source=launch/gpu_setup.sh
+. launch/gpu_setup.sh
 n=$(( ${#methods[@]} * ${#seeds[@]} ))
 n_all=$(( n + ${#references[@]} * ${#ref_seeds[@]} ))
 if command -v nvidia-cuda-mps-control > /dev/null && nvidia-smi > /dev/null 2>&1; then

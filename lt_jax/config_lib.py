@@ -24,8 +24,11 @@ import ml_collections
 LOSS_DEFAULTS = {
     "ce": {},
     "focal": {"gamma": 1.0},
-    "cb_focal": {"gamma": 1.0, "beta": 0.9999},
-    "cb_focal_softmax": {"gamma": 1.0, "beta": 0.9999},
+    # form: "sigmoid" (Cui et al.'s release) or "softmax". A cb_focal workdir from before
+    # 2026-12-02 (softmax, no form key) differs in ``loss``, so it is refused, not resumed
+    # with the other loss.
+    "cb_focal": {"gamma": 1.0, "beta": 0.9999, "form": "sigmoid"},
+    "cb_focal_softmax": {"gamma": 1.0, "beta": 0.9999, "form": "softmax"},
     "ldam_drw": {"max_m": 0.5, "s": 30.0, "beta": 0.9999, "drw_epoch": 160},
     "balanced_softmax": {},
     "logit_adjusted": {"tau": 1.0},

@@ -40,15 +40,21 @@ def predicted(method, logits, feats):
     return np.asarray(method.predict(logits)), feats
 
 
-def summarize(scores, data, *, shot_convention: str, prob_scale: float = 1.0) -> dict:
+def summarize(
+    scores, data, *, shot_convention: str, prob_scale: float = 1.0, sigmoid: bool = False
+) -> dict:
     """Top-1, many / medium / few, per-class accuracy and ECE of test ``scores``.
 
     ``softmax(prob_scale * scores)`` are the probabilities calibration is measured on
-    (cosine heads train ``softmax(s * cos)``).
+    (cosine heads train ``softmax(s * cos)``); with ``sigmoid``, ``sigmoid(prob_scale *
+    scores)`` (a loss with one sigmoid per class: the confidence is the predicted class's).
     """
     z = prob_scale * np.asarray(scores, np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    if sigmoid:
+        probs = 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid, without overflow
+    else:
+        z -= z.max(axis=1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     return metrics.summarize(
         scores, data.test_labels, data.class_counts, convention=shot_convention, probs=probs
     )

@@ -42,9 +42,13 @@ class RunContext:
     preempted: Callable[[], bool]  # True once SIGTERM arrived
     eval_only: bool = False  # restore the finished checkpoints, train nothing
 
-    def summarize(self, scores, prob_scale: float) -> dict:
+    def summarize(self, scores, prob_scale: float, sigmoid: bool = False) -> dict:
         return evaluation.summarize(
-            scores, self.data, shot_convention=self.config.shot_convention, prob_scale=prob_scale
+            scores,
+            self.data,
+            shot_convention=self.config.shot_convention,
+            prob_scale=prob_scale,
+            sigmoid=sigmoid,
         )
 
 
@@ -60,6 +64,7 @@ class Stage(NamedTuple):
     scores: Callable  # state -> (test scores [(K,) N, C], test features [(K,) N, D])
     prob_scale: float
     seeds: tuple[int, ...]  # one seed: the plain program; several: stacked and vmapped
+    sigmoid_probs: bool = False  # calibration on sigmoid(scores) (Method.sigmoid_probs)
 
     @property
     def stacked(self) -> bool:
@@ -213,7 +218,7 @@ def _duration(seconds: float) -> str:
 def _summaries(stage, ctx, scores) -> list[dict]:
     """One test summary per seed."""
     per_seed = scores if stage.stacked else [scores]
-    return [ctx.summarize(s, stage.prob_scale) for s in per_seed]
+    return [ctx.summarize(s, stage.prob_scale, stage.sigmoid_probs) for s in per_seed]
 
 
 def _evaluate(stage, ctx, state, step, epoch, history, health):

@@ -12,7 +12,8 @@
 * ``predict(logits) -> scores`` for evaluation (post-hoc logit adjustment);
 * ``ga_start_step``: start of the optax gradient adjustment (``None``: off);
 * ``prob_scale``: cosine heads' logit scale, so that calibration is measured on
-  the probabilities the loss trains (``softmax(s * cos)``);
+  the probabilities the loss trains (``softmax(s * cos)``); ``sigmoid_probs``: the loss
+  trains one sigmoid per class, calibration is measured on ``sigmoid(scores)``;
 * ``head_bias_init``: a constant for the linear head's initial bias (``None``: the
   model's own initialisation), and ``head_bias_decay``: whether weight decay acts on
   that bias (the sigmoid CB focal release starts it at the prior -log(C - 1) and
@@ -48,6 +49,7 @@ class Method(NamedTuple):
     prob_scale: float = 1.0  # softmax(prob_scale * scores) are the probabilities (ECE)
     head_bias_init: float | None = None
     head_bias_decay: bool = True
+    sigmoid_probs: bool = False  # calibration on sigmoid(scores), one per class
 
 
 def get_method(name: str, cfg, class_counts: np.ndarray, steps_per_epoch: int) -> Method:
@@ -66,10 +68,20 @@ def _focal(cfg, counts, spe):
 
 
 def _cb_focal(cfg, counts, spe):
-    """Cui et al.'s CB focal as released (richardaecn/class-balanced-loss, the published
-    CIFAR-LT numbers): one sigmoid per class, the batch mean of the weighted sums, the head
-    bias starting at the prior -log(C - 1) with no weight decay on it."""
+    """Class-balanced focal loss. ``form="sigmoid"`` (``cb_focal``): Cui et al.'s release
+    (richardaecn/class-balanced-loss, the published CIFAR-LT numbers), one sigmoid per
+    class, the batch mean of the weighted sums, the head bias starting at the prior
+    -log(C - 1) with no weight decay on it, calibration on the sigmoids.
+    ``form="softmax"`` (``cb_focal_softmax``, lt_jax's ``cb_focal`` before 2026-12-02):
+    ``w_y (1 - p_y)^gamma (-log p_y)`` over a softmax, averaged over the batch."""
     w = losses.class_balanced_weights(counts, beta=cfg.beta)
+    if cfg.form == "softmax":
+        return Method(
+            "linear",
+            lambda z, f, y, key, step: losses.focal_loss(z, y, gamma=cfg.gamma, class_weights=w),
+        )
+    if cfg.form != "sigmoid":
+        raise ValueError(f"cb_focal form must be 'sigmoid' or 'softmax', got {cfg.form!r}")
     return Method(
         "linear",
         lambda z, f, y, key, step: losses.sigmoid_focal_loss(
@@ -77,16 +89,7 @@ def _cb_focal(cfg, counts, spe):
         ),
         head_bias_init=-float(np.log(len(counts) - 1)),
         head_bias_decay=False,
-    )
-
-
-def _cb_focal_softmax(cfg, counts, spe):
-    """Softmax focal loss with class-balanced weights, ``w_y (1 - p_y)^gamma (-log p_y)``
-    averaged over the batch (lt_jax's ``cb_focal`` before 2026-12-02)."""
-    w = losses.class_balanced_weights(counts, beta=cfg.beta)
-    return Method(
-        "linear",
-        lambda z, f, y, key, step: losses.focal_loss(z, y, gamma=cfg.gamma, class_weights=w),
+        sigmoid_probs=True,
     )
 
 
@@ -189,7 +192,7 @@ METHODS = {
     "ce": _ce,
     "focal": _focal,
     "cb_focal": _cb_focal,
-    "cb_focal_softmax": _cb_focal_softmax,
+    "cb_focal_softmax": _cb_focal,
     "ldam_drw": _ldam_drw,
     "balanced_softmax": _balanced_softmax,
     "logit_adjusted": _logit_adjusted,

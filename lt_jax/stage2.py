@@ -65,19 +65,21 @@ class Retrain:
             )
         return method
 
-    def trainable(self, trained: Trained, config, num_classes: int):
-        """The stage-1 head copied, or fresh heads from each seed + 1 (stacked over seeds)."""
+    def trainable(self, trained: Trained, config, num_classes: int, head_bias=None):
+        """The stage-1 head copied, or fresh heads from each seed + 1 (stacked over seeds),
+        their bias starting at ``head_bias`` where given (``Method.head_bias_init``)."""
         head = trained.state["params"]["head"]
         if not config.stage2.reinit_head:
             return jax.tree.map(jnp.copy, head)
         in_features = int(head["kernel"][...].shape[-2])
-        fresh = [
-            nnx.state(
-                models.HEADS[trained.head](in_features, num_classes, rngs=nnx.Rngs(seed + 1)),
-                nnx.Param,
-            )
-            for seed in steps.seeds_of(config)
-        ]
+
+        def fresh_head(seed):
+            module = models.HEADS[trained.head](in_features, num_classes, rngs=nnx.Rngs(seed))
+            if head_bias is not None:
+                module.bias[...] = jnp.full_like(module.bias[...], head_bias)
+            return nnx.state(module, nnx.Param)
+
+        fresh = [fresh_head(seed + 1) for seed in steps.seeds_of(config)]
         return fresh[0] if len(fresh) == 1 else jax.tree.map(lambda *x: jnp.stack(x), *fresh)
 
     def head_logits(self, head_graphdef) -> Callable:
@@ -94,8 +96,11 @@ class Retrain:
         s2 = config.stage2
         spe = len(ctx.input.epoch_sizes(s2.batch_size))
         frozen = {"params": trained.state["params"], "batch_stats": trained.state["batch_stats"]}
-        trainable = self.trainable(trained, config, data.num_classes)
-        tx, lr_fn = optim.create_optimizer(s2, spe)
+        trainable = self.trainable(trained, config, data.num_classes, method.head_bias_init)
+        # The trainable tree is the head itself: its bias sits at the root.
+        tx, lr_fn = optim.create_optimizer(
+            s2, spe, head_bias_decay=method.head_bias_decay, head_path=()
+        )
 
         def init(trainable):
             return {
@@ -122,6 +127,7 @@ class Retrain:
             batch_size=s2.batch_size,
             scores=lambda s: evaluation.predicted(method, *self.logits(trained, s["trainable"])),
             prob_scale=method.prob_scale,
+            sigmoid_probs=method.sigmoid_probs,
             seeds=seeds,
         )
         _, results = run_stage(stage, ctx)
@@ -133,7 +139,8 @@ class LWS(Retrain):
     """Learnable weight scaling: logits of the frozen stage-1 head times one learned scale
     per class (initialised to 1)."""
 
-    def trainable(self, trained: Trained, config, num_classes: int):
+    def trainable(self, trained: Trained, config, num_classes: int, head_bias=None):
+        del trained, head_bias  # one scale per class, from 1; the head stays as trained
         k = config.num_seeds
         return jnp.ones((num_classes,) if k == 1 else (k, num_classes), jnp.float32)
 

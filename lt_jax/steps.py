@@ -115,7 +115,7 @@ def init_state(
     if config.pretrained:
         models.load_torchvision_weights(model, config.pretrained)
     if head_bias is not None:
-        if not hasattr(model.head, "bias"):
+        if getattr(model.head, "bias", None) is None:
             raise ValueError(f"a head bias init needs the linear head; the {head} head has none")
         model.head.bias[...] = jnp.full_like(model.head.bias[...], head_bias)
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)

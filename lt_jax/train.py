@@ -152,7 +152,7 @@ def train_stage1(ctx: RunContext, method: methods.Method, steps_per_epoch: int):
         steps_per_epoch,
         ga_start_step=method.ga_start_step,
         num_classes=data.num_classes,
-        decay_head_bias=method.head_bias_decay,
+        head_bias_decay=method.head_bias_decay,
     )
     seeds = steps.seeds_of(config)  # several: one program vmapped over the seeds
     init = steps.init_seeds(
@@ -188,6 +188,7 @@ def train_stage1(ctx: RunContext, method: methods.Method, steps_per_epoch: int):
         batch_size=config.batch_size,
         scores=lambda s: evaluation.predicted(method, *infer(s["params"], s["batch_stats"])),
         prob_scale=method.prob_scale,
+        sigmoid_probs=method.sigmoid_probs,
         seeds=seeds,
     )
     state, results = run_stage(stage, ctx)

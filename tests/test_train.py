@@ -284,6 +284,41 @@ def test_workdir_with_other_config_is_refused(tmp_path):
         check_config(str(tmp_path), tiny("gcl"))
 
 
+def test_a_cb_focal_workdir_from_before_the_sigmoid_form_is_refused(tmp_path):
+    """A cb_focal run started when cb_focal was the softmax form (its config has no
+    loss.form) is not resumed with the sigmoid loss."""
+    old = tiny("cb_focal")
+    old.unlock()
+    del old.loss["form"]
+    record_config(str(tmp_path), old)
+    with pytest.raises(train.TrainingError, match="different config .*loss"):
+        check_config(str(tmp_path), tiny("cb_focal"))
+    check_config(str(tmp_path), old)  # the same config still resumes
+
+
+def test_sigmoid_calibration_and_the_stage2_head_bias_mask():
+    """ECE of a sigmoid-per-class model is measured on sigmoid(scores) (hand-computed: the
+    predicted classes' sigmoids 0.8808 (right) and 0.7311 (wrong) fall in different
+    bins); the stage-2 optimizer (the head is the whole tree) leaves its bias undecayed."""
+    from types import SimpleNamespace
+
+    from lt_jax import evaluation, optim
+
+    data = SimpleNamespace(test_labels=np.array([0, 0]), class_counts=np.array([500, 5]))
+    scores = np.array([[2.0, -1.0], [0.0, 1.0]])
+    s = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    want = 0.5 * (1 - s(2.0)) + 0.5 * s(1.0)
+    got = evaluation.summarize(scores, data, shot_convention="paper", sigmoid=True)
+    assert got["ece"] == pytest.approx(want, rel=1e-9)
+    softmax = evaluation.summarize(scores, data, shot_convention="paper")
+    assert softmax["ece"] == pytest.approx(0.5 * (1 - s(3.0)) + 0.5 * s(1.0), rel=1e-9)
+    s2 = tiny("cb_focal").stage2
+    tx, _ = optim.create_optimizer(s2, 10, head_bias_decay=False, head_path=())
+    head = {"kernel": jnp.ones((4, 2)), "bias": jnp.ones((2,))}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, head), tx.init(head), head)
+    assert np.all(np.asarray(updates["bias"]) == 0) and np.all(np.asarray(updates["kernel"]) < 0)
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     config = tiny("ce", epochs=1)
     train.train_and_evaluate(config, str(tmp_path))

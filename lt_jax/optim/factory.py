@@ -38,14 +38,19 @@ def learning_rate(opt, steps_per_epoch: int):
     raise ValueError(f"unknown schedule {opt.schedule!r}; valid: {', '.join(SCHEDULES)}")
 
 
-def _all_but_head_bias(params):
-    """Weight-decay mask: every parameter but the classifier head's bias."""
+def _all_but_head_bias(head_path: tuple[str, ...]):
+    """Weight-decay mask: every parameter but the bias of the head at ``head_path`` in the
+    parameter tree (``("head",)`` in a model's, ``()`` when the tree is the head)."""
+    bias = [*head_path, "bias"]
 
-    def keep(path, _):
-        keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-        return keys[:2] != ["head", "bias"]
+    def mask(params):
+        def keep(path, _):
+            keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+            return keys[: len(bias)] != bias
 
-    return jax.tree_util.tree_map_with_path(keep, params)
+        return jax.tree_util.tree_map_with_path(keep, params)
+
+    return mask
 
 
 def create_optimizer(
@@ -54,13 +59,14 @@ def create_optimizer(
     *,
     ga_start_step: int | None = None,
     num_classes: int = 0,
-    decay_head_bias: bool = True,
+    head_bias_decay: bool = True,
+    head_path: tuple[str, ...] = ("head",),
 ):
     """``(tx, lr_fn)`` of a stage; ``opt`` is the top-level config (stage 1) or
     ``config.stage2``. With ``ga_start_step`` the chain starts with
     ``gradient_adjustment(num_classes, ...)`` over the ``head`` parameters, configured by
-    ``opt.ga`` (``alpha``, ``r_min``, ``decay``). ``decay_head_bias=False`` exempts the
-    head's bias from weight decay (``Method.head_bias_decay``)."""
+    ``opt.ga`` (``alpha``, ``r_min``, ``decay``). ``head_bias_decay=False`` exempts the
+    bias of the head at ``head_path`` from weight decay (``Method.head_bias_decay``)."""
     lr = learning_rate(opt, steps_per_epoch)
     parts = []
     if ga_start_step is not None:
@@ -74,7 +80,7 @@ def create_optimizer(
                 start_step=ga_start_step,
             )
         )
-    mask = None if decay_head_bias else _all_but_head_bias
+    mask = None if head_bias_decay else _all_but_head_bias(tuple(head_path))
     parts += [
         optax.add_decayed_weights(opt.wd, mask=mask),
         optax.sgd(lr, momentum=opt.momentum),
