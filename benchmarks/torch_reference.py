@@ -1,6 +1,6 @@
 """The releases' CIFAR-LT recipes in PyTorch, written independently: trained whole beside lt_jax.
 
-Usage: python benchmarks/torch_reference.py [--method ce|ldam_drw|kps_ga|fbl|gcl]
+Usage: python benchmarks/torch_reference.py [--method ce|cb_focal|ldam_drw|kps_ga|fbl|gcl]
            [--epochs 10] [--seed 0] [--eval-every 0] [--device cpu|cuda]
            [--data-dir ../shared/data/cifar-10-batches-py] [--threads N] [--out FILE.json]
        python benchmarks/torch_reference.py --summarize FILE.json ...
@@ -10,7 +10,8 @@ Trains a method's released recipe (stage 1; :data:`RELEASE`): the releases' ResN
 (:func:`release_resnet32`: option-A shortcuts, kaiming_normal_ init, nn.Linear or NormedLinear
 head), SGD 0.9 with weight decay 2e-4 on every parameter, ``adjust_learning_rate``
 (:func:`release_lr`), the released criterion of each epoch (:func:`release_loss`: LDAM with
-DRW, KPS with released GA, FBL's curriculum, GCL's noise with mixup), pad-4 crop + flip and
+DRW, KPS with released GA, FBL's curriculum, GCL's noise with mixup; Cui et al.'s sigmoid CB
+focal with its prior head bias, a TensorFlow release run in this pipeline), pad-4 crop + flip and
 the releases' normalisation, each epoch shuffled with its last partial batch, on exactly the
 CIFAR-LT training images that ``configs/cifar_lt.py`` selects for the method (loaded through
 lt_jax, the release split). Its own initialisation and draws: compare with lt_jax's runs
@@ -204,14 +205,29 @@ def release_loss(method: str, cls_num_list, *, epoch: int, epochs: int = 200, de
             return F.cross_entropy(30.0 * output, y)
 
         return gcl
-    raise ValueError(f"no release criterion for {method!r}; valid: ce, ldam_drw, kps_ga, fbl, gcl")
+    if method == "cb_focal":  # Cui et al.'s focal_loss (TF): sigmoids, CB weights, sum / B
+        w = torch.tensor(release_class_weights(cls_num_list), dtype=torch.float32, device=device)
+
+        def cb_focal(z, f, y, noise):
+            t = F.one_hot(y, num_classes).to(z.dtype)
+            bce = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+            modulator = torch.exp(-t * z - torch.log1p(torch.exp(-z)))  # gamma 1
+            return (w[y].view(-1, 1) * modulator * bce).sum() / len(y)
+
+        return cb_focal
+    raise ValueError(
+        f"no release criterion for {method!r}; valid: ce, cb_focal, ldam_drw, kps_ga, fbl, gcl"
+    )
 
 
 # The releases' per-method settings on CIFAR-LT, read from their training scripts: the head
 # (NormedLinear or nn.Linear), the batch size, adjust_learning_rate's factors after epochs 160
-# and 180, mixup's alpha (GCL). Every release: SGD momentum 0.9, weight decay 2e-4, lr 0.1.
+# and 180, mixup's alpha (GCL), and for CB focal (Cui et al., a TensorFlow release, run here in
+# the PyTorch releases' pipeline) the head bias starting at -log(C - 1) with no weight decay.
+# Every release: SGD momentum 0.9, weight decay 2e-4, lr 0.1.
 RELEASE = {
     "ce": dict(head="linear", batch=128, factors=(0.01, 0.0001), mixup=0.0),
+    "cb_focal": dict(head="linear", batch=128, factors=(0.01, 0.0001), mixup=0.0, prior=True),
     "ldam_drw": dict(head="cosine", batch=128, factors=(0.01, 0.0001), mixup=0.0),
     "kps_ga": dict(head="cosine", batch=64, factors=(0.1, 0.01), mixup=0.0),
     "fbl": dict(head="linear", batch=64, factors=(0.01, 0.0001), mixup=0.0),
@@ -288,7 +304,14 @@ def train_release(method, data, *, epochs=RECIPE_EPOCHS, seed=0, device="cpu", e
     num_classes = data.num_classes
     counts = np.bincount(data.train_labels, minlength=num_classes)
     net = release_resnet32(num_classes, r["head"]).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=RELEASE_WD)
+    groups = [{"params": [p for n, p in net.named_parameters() if n != "head.bias"]}]
+    if r.get("prior"):  # Cui et al.: b = -log(C - 1), left out of weight decay
+        with torch.no_grad():
+            net.head.bias.fill_(-float(np.log(num_classes - 1)))
+        groups.append({"params": [net.head.bias], "weight_decay": 0.0})
+    elif r["head"] == "linear":
+        groups[0]["params"].append(net.head.bias)
+    opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=RELEASE_WD)
     mean = torch.tensor(RELEASE_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(RELEASE_STD, device=device).view(1, 3, 1, 1)
     train_x = torch.from_numpy(np.ascontiguousarray(data.train_images)).permute(0, 3, 1, 2)
@@ -364,7 +387,8 @@ def train_release(method, data, *, epochs=RECIPE_EPOCHS, seed=0, device="cpu", e
     )
 
 
-PUBLISHED = {"fbl": 82.46, "ldam_drw": 77.03, "ce": 70.36}  # CIFAR-10-LT IF 100, best epoch
+# CIFAR-10-LT IF 100, as published (best or last epoch, see docs/results.md).
+PUBLISHED = {"fbl": 82.46, "ldam_drw": 77.03, "cb_focal": 74.57, "ce": 70.36}
 
 
 def summarize(results) -> str:

@@ -42,9 +42,10 @@ fi
 IFS=, read -r -a references <<< "${REFERENCE:-}"
 IFS=, read -r -a ref_seeds <<< "$SEEDS"
 for m in "${references[@]}"; do
-  case ",ce,ldam_drw,kps_ga,fbl,gcl," in
+  case ",ce,cb_focal,ldam_drw,kps_ga,fbl,gcl," in
     *",$m,"*) ;;
-    *) echo "REFERENCE=$REFERENCE: no PyTorch reference of $m (ce, ldam_drw, kps_ga, fbl, gcl)"; exit 2 ;;
+    *) echo "REFERENCE=$REFERENCE: no PyTorch reference of $m (ce, cb_focal, ldam_drw," \
+      "kps_ga, fbl, gcl)"; exit 2 ;;
   esac
 done
 # shellcheck source=launch/gpu_setup.sh

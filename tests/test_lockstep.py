@@ -137,7 +137,10 @@ def test_reference_release_settings_are_lt_jax_configs(method):
     assert tuple(config.lr_factors) == r["factors"]
     assert config.wd == torch_reference.RELEASE_WD and config.mixup_alpha == r["mixup"]
     counts = np.array([100, 59, 35, 21, 12, 7, 4, 2, 1, 1])
-    assert methods.get_method(method, config.loss, counts, 4).head == r["head"]
+    m = methods.get_method(method, config.loss, counts, 4)
+    assert m.head == r["head"]
+    prior = r.get("prior", False)  # the head bias from -log(C - 1), undecayed
+    assert (m.head_bias_init, m.head_bias_decay) == ((-np.log(9), False) if prior else (None, True))
 
 
 @pytest.mark.parametrize("method", ["ldam_drw", "gcl"])
@@ -162,3 +165,18 @@ def test_reference_trainer_compresses_the_recipe_and_evaluates(cifar_dir, method
     assert r["best_epoch"]["top1"] == max(t for _, t in r["evaluations"])
     assert r["train_class_counts"] == [100, 59, 35, 21, 12, 7, 4, 2, 1, 1]
     assert len(r["final"]["per_class_accuracy"]) == 10 and 0 <= r["final"]["top1"] <= 1
+
+
+def test_reference_cb_focal_criterion_is_the_sigmoid_focal_of_the_spec():
+    """The PyTorch reference's CB focal (Cui et al.'s log-space form) against the NumPy
+    probability-space sigmoid focal loss of tests/numpy_reference.py, class-balanced
+    weights, divided by the batch size."""
+    from tests import numpy_reference as ref
+
+    counts = np.array([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])
+    rng = np.random.default_rng(4)
+    z, y = rng.normal(0, 3, (16, 10)), rng.integers(0, 10, 16)
+    criterion = torch_reference.release_loss("cb_focal", counts, epoch=0)
+    got = criterion(torch.from_numpy(z), None, torch.from_numpy(y), None).item()
+    want = ref.sigmoid_focal(z, y, 1.0, ref.cb_weights(counts, 0.9999)).mean()
+    assert got == pytest.approx(want, rel=1e-6)
