@@ -3,6 +3,7 @@
 Usage: python benchmarks/torch_reference.py [--method ce|cb_focal|ldam_drw|kps_ga|fbl|gcl]
            [--epochs 10] [--seed 0] [--eval-every 0] [--device cpu|cuda]
            [--data-dir ../shared/data/cifar-10-batches-py] [--threads N] [--out FILE.json]
+           [--checkpoint FILE.pt]
        python benchmarks/torch_reference.py --summarize FILE.json ...
        (needs PyTorch: pip install -e '.[bench]')
 
@@ -281,7 +282,7 @@ def crop_flip(x_u8, offsets, flip):
 
 
 def train_release(method, data, *, epochs=RECIPE_EPOCHS, seed=0, device="cpu", eval_every=0,
-                  log=print):  # fmt: skip
+                  log=print, checkpoint=""):  # fmt: skip
     """Trains ``method``'s released recipe (stage 1) in PyTorch on ``data`` (lt_jax's
     ``datasets.Dataset``: its long-tailed training images, the full test set) and returns
     the results as a dict: final-epoch top-1 and per-class accuracy, the best evaluated
@@ -294,6 +295,12 @@ def train_release(method, data, *, epochs=RECIPE_EPOCHS, seed=0, device="cpu", e
     compress the recipe: epoch e runs the release's epoch ``e * 200 // epochs`` (warm-up,
     decays, DRW / GA switches and the FBL curriculum all follow). ``eval_every`` > 0
     evaluates the test set every that many epochs (1: the releases' best-epoch number).
+
+    ``checkpoint``: a file written (atomically) after every epoch with the model, the
+    optimiser, every random state, the evaluations and the wall time so far; when it exists,
+    training resumes from it and goes on exactly as the uninterrupted run would (a stopped
+    run loses at most the epoch it was in). A checkpoint of another method, length or seed
+    is refused.
     """
     import torch
 
@@ -333,8 +340,17 @@ def train_release(method, data, *, epochs=RECIPE_EPOCHS, seed=0, device="cpu", e
         per_class = [float(np.mean(pred[test_y == c] == c)) for c in range(num_classes)]
         return float(np.mean(pred == test_y)), per_class
 
-    evals, start = [], time.perf_counter()
-    for epoch in range(epochs):
+    evals, start, first, before = [], time.perf_counter(), 0, 0.0
+    what = dict(method=method, epochs=epochs, seed=seed, num_train=n)
+    if checkpoint and os.path.exists(checkpoint):
+        state = _load_checkpoint(checkpoint, what)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        np_rng.set_state(state["np_rng"])
+        evals, first, before = state["evals"], state["epoch"], state["wall_time_s"]
+        log(f"resumed from {checkpoint} after epoch {first} ({before:.0f} s before)")
+    for epoch in range(first, epochs):
         recipe_epoch = epoch * RECIPE_EPOCHS // epochs
         lr = release_lr(recipe_epoch, factors=r["factors"])
         criterion = release_loss(method, counts, epoch=recipe_epoch, device=device)
@@ -367,7 +383,13 @@ def train_release(method, data, *, epochs=RECIPE_EPOCHS, seed=0, device="cpu", e
             top1, per_class = evaluate()
             evals.append(dict(epoch=epoch + 1, top1=top1, per_class_accuracy=per_class))
             line += f" test top-1 {100 * top1:.2f}"
-        log(f"{line} ({time.perf_counter() - start:.0f} s)")
+        log(f"{line} ({before + time.perf_counter() - start:.0f} s)")
+        if checkpoint:
+            _save_checkpoint(checkpoint, dict(
+                what, epoch=epoch + 1, net=net.state_dict(), opt=opt.state_dict(),
+                gen=gen.get_state(), np_rng=np_rng.get_state(), evals=evals,
+                wall_time_s=before + time.perf_counter() - start,
+            ))  # fmt: skip
     best = max(evals, key=lambda e: e["top1"])
     where = str(torch.device(device))
     if where.startswith("cuda"):
@@ -381,10 +403,35 @@ def train_release(method, data, *, epochs=RECIPE_EPOCHS, seed=0, device="cpu", e
         best_epoch=best,
         evaluations=[(e["epoch"], e["top1"]) for e in evals],
         train_class_counts=counts.tolist(),
-        wall_time_s=time.perf_counter() - start,
+        wall_time_s=before + time.perf_counter() - start,
         device=where,
         torch=torch.__version__,
     )
+
+
+def _save_checkpoint(path, state):
+    import torch
+
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint whole
+
+
+def _load_checkpoint(path, what):
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or not a checkpoint
+        raise SystemExit(
+            f"{path}: not a readable checkpoint ({e}); delete it to start again"
+        ) from None
+    theirs = {k: state.get(k) for k in what}
+    if theirs != what:
+        raise SystemExit(
+            f"{path} is the checkpoint of {theirs}, not of {what}; use another --checkpoint"
+        )
+    return state
 
 
 # CIFAR-10-LT IF 100, as published (best or last epoch, see docs/results.md).
@@ -428,6 +475,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", default="", help="write the results as JSON here")
     parser.add_argument(
+        "--checkpoint", default="", help="save every epoch here; resume from it if it exists"
+    )
+    parser.add_argument(
         "--summarize", nargs="+", metavar="JSON", help="only print a table of earlier --out files"
     )
     args = parser.parse_args(argv)
@@ -453,6 +503,7 @@ def main(argv=None):
     result = train_release(
         args.method, data, epochs=args.epochs, seed=args.seed, device=args.device,
         eval_every=args.eval_every, log=lambda line: print(line, flush=True),
+        checkpoint=args.checkpoint,
     )  # fmt: skip
     result["data_dir"] = args.data_dir
     print(json.dumps({k: result[k] for k in ("method", "epochs", "seed", "wall_time_s")}

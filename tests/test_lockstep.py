@@ -167,6 +167,48 @@ def test_reference_trainer_compresses_the_recipe_and_evaluates(cifar_dir, method
     assert len(r["final"]["per_class_accuracy"]) == 10 and 0 <= r["final"]["top1"] <= 1
 
 
+def test_reference_trainer_resumes_from_its_checkpoint_as_if_never_stopped(cifar_dir, tmp_path):
+    """GCL (mixup's NumPy draws, the noise and crops from the torch generator), 3 epochs: a
+    run killed in its second epoch and started again from its checkpoint ends with the
+    uninterrupted run's parameters and evaluations, bit for bit; a checkpoint of another
+    seed is refused with one line."""
+    from lt_jax import sweep
+    from lt_jax.data import datasets
+
+    config = sweep.load_config(
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "cifar_lt.py"),
+        f"method=gcl,data_dir={cifar_dir}",
+    )
+    data, _ = datasets.load_dataset(config.dataset)
+    torch.set_num_threads(1)
+    whole, stopped = str(tmp_path / "whole.pt"), str(tmp_path / "stopped.pt")
+    train = dict(epochs=3, eval_every=1, log=lambda line: None)
+    expected = torch_reference.train_release("gcl", data, checkpoint=whole, **train)
+
+    def killed_in_epoch_2(line):  # before epoch 2's checkpoint is written
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        torch_reference.train_release(
+            "gcl", data, checkpoint=stopped, **train | dict(log=killed_in_epoch_2)
+        )
+    assert torch.load(stopped, weights_only=False)["epoch"] == 1
+    lines = []
+    resumed = torch_reference.train_release(
+        "gcl", data, checkpoint=stopped, **train | dict(log=lines.append)
+    )
+    assert lines[0].startswith(f"resumed from {stopped} after epoch 1") and len(lines) == 3
+    assert resumed["evaluations"] == expected["evaluations"]
+    assert resumed["final"] == expected["final"]
+    a, b = (torch.load(p, weights_only=False) for p in (whole, stopped))
+    assert a["epoch"] == b["epoch"] == 3
+    for name, value in a["net"].items():
+        assert torch.equal(value, b["net"][name]), name
+    with pytest.raises(SystemExit, match="not of .*'seed': 1"):
+        torch_reference.train_release("gcl", data, seed=1, checkpoint=stopped, **train)
+
+
 def test_reference_cb_focal_criterion_is_the_sigmoid_focal_of_the_spec():
     """The PyTorch reference's CB focal (Cui et al.'s log-space form) against the NumPy
     probability-space sigmoid focal loss of tests/numpy_reference.py, class-balanced
