@@ -19,7 +19,8 @@ RNG seeded once with ``split_seed``, one shuffle per class in class order); the 
 seeds are 0 (LDAM-DRW, FBL, GCL) and 666 (KPS), the default ``split_seed=-1`` picks the
 method's. ``split_protocol=per_class`` seeds each class on its own (lt_jax's earlier split).
 
-Recipes (spec sections 2-5), all SGD 0.9, wd 2e-4 on every parameter, lr 0.1, linear
+Recipes (spec sections 2-5), all SGD 0.9, wd 2e-4 on every parameter (cb_focal: all but the
+head bias, as Cui et al.), lr 0.1, linear
 warm-up over epochs 0-4 (0-based), decays from 0-based epochs 160 and 180 (the releases'
 ``epoch + 1 > 160``), each epoch's last partial batch kept:
   kps / kps_ga / kps_ga_optax: batch 64, x0.1 / x0.01, GA from 120;

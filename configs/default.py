@@ -7,7 +7,7 @@ Data: the 5,000 MNIST digits shipped in lt_jax (lt_jax/data/mnist_5k.npz), 100 p
 class held out as the balanced test set, the exponential profile with IF 100 on the
 remaining 400 per class: train counts [400, 239, 143, 86, 51, 30, 18, 11, 6, 4] (988 images).
 Model: a small CNN, 30 epochs, batch 64, SGD 0.9, lr 0.05 with 2 warm-up epochs
-and x0.1 / x0.01 at epochs 24 / 27. Runs in about a minute on a 2-core CPU and
+and x0.1 / x0.01 at epochs 24 / 27. Runs in about 1.5 minutes on a 2-core CPU and
 prints the many / medium / few table. With method=gcl (default) a second stage
 re-trains the cosine classifier on the frozen backbone for 6 epochs with
 CBEN sampling (focal GCL, s=20, m=0.1, cosine lr from 0.01). Arguments: method

@@ -214,7 +214,7 @@ def main_help(argv) -> str:
         "flags:",
         "  --config FILE.py[:args]  a config file and its arguments (listed below with --config)",
         "  --config.KEY=VALUE       set any key of the config after get_config (e.g. "
-        "--config.optimizer.lr=0.05)",
+        "--config.lr=0.05)",
         "  --workdir DIR            where the run writes and resumes",
         "  --print_config           print the resolved config (as config.json will hold it), "
         "do not train",
@@ -239,8 +239,9 @@ def main_help(argv) -> str:
     out += [
         "environment: LT_JAX_NATIVE (0/1: the native CPU kernels), LT_JAX_CPU_DEVICES,",
         "  LT_JAX_MULTIHOST=1 or LT_JAX_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID (several",
-        "  processes, docs/scale.md), LT_JAX_CACHE (compiled programs and native kernels,",
-        "  default ~/.cache/lt_jax), LT_JAX_COMPILATION_CACHE=0, LT_JAX_KEEP_HOST_MEMORY=0.",
+        "  processes, docs/scale.md), LT_JAX_CACHE (compiled programs, native kernels, split",
+        "  lists; default ~/.cache/lt_jax), LT_JAX_COMPILATION_CACHE=0,",
+        "  LT_JAX_KEEP_HOST_MEMORY=0.",
         "exit status: 0 done, 1 the run failed, 2 a usage mistake (flag, config or setting).",
     ]
     return "\n".join(out)

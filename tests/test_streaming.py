@@ -70,10 +70,10 @@ def test_offline_download_fails_fast_and_clearly(monkeypatch, tmp_path):
 
 def test_cached_list_is_checked_against_its_digest(monkeypatch, tmp_path, tiny_lists):
     monkeypatch.setenv("LT_JAX_CACHE", str(tmp_path / "cache"))
-    cached = tmp_path / "cache" / "imagenet_lt" / "t_train.txt"
+    cached = tmp_path / "cache" / "splits" / "imagenet_lt" / "t_train.txt"
     os.makedirs(cached.parent)
     cached.write_text((tiny_lists / "t_train.txt").read_text())
-    (tmp_path / "cache" / "imagenet_lt" / "t_train.txt.sha256").write_text(
+    (tmp_path / "cache" / "splits" / "imagenet_lt" / "t_train.txt.sha256").write_text(
         splits._sha256(str(cached))
     )
     assert len(splits.split_list("imagenet_lt", "train")[0]) == 12

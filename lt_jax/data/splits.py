@@ -2,7 +2,7 @@
 
 Each list has lines ``relative/path label``. A list is taken, in order, from a
 local folder the user names (``lists_dir``), from the cache
-(``~/.cache/lt_jax/splits`` or ``$LT_JAX_CACHE``), or downloaded from its public
+(``$LT_JAX_CACHE/splits``, default ``~/.cache/lt_jax/splits``), or downloaded from its public
 location (the lists as released with Kang et al.'s classifier-balancing code).
 A downloaded list is accepted only if its content matches the protocol's
 published statistics (classes, images, largest and smallest class; spec
@@ -67,7 +67,10 @@ DOWNLOAD_TIMEOUT_S = 4.0
 
 
 def cache_dir() -> str:
-    return os.environ.get("LT_JAX_CACHE", os.path.expanduser("~/.cache/lt_jax/splits"))
+    """``$LT_JAX_CACHE/splits`` (default ``~/.cache/lt_jax/splits``), beside the compiled
+    programs and the native library of the same cache."""
+    root = os.environ.get("LT_JAX_CACHE", os.path.expanduser("~/.cache/lt_jax"))
+    return os.path.join(root, "splits")
 
 
 def parse_split_list(path: str, num_classes: int) -> tuple[list[str], np.ndarray]:
