@@ -170,10 +170,20 @@ def sigmoid_focal_loss(
     logits, weights = _focal_inputs(logits, labels, gamma, class_weights)
 
     def single(z, y):
+        # One exp and one log1p per logit (at C = 1000 the loss is bound by them):
+        # e = exp(-|z|) gives log(1 + e^z), sigma(z) and sigma(-z), each without cancellation.
         t = jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)
-        bce = jax.nn.softplus(z) - t * z
-        loss = bce if gamma == 0 else jnp.exp(-gamma * (t * z + jax.nn.softplus(-z))) * bce
-        return c.weighted(jnp.sum(loss), y, weights)
+        e = jnp.exp(-jnp.abs(z))
+        softplus = jnp.maximum(z, 0) + jnp.log1p(e)
+        bce = softplus - t * z
+        if gamma == 0:
+            return c.weighted(jnp.sum(bce), y, weights)
+        if gamma == 1:  # 1 - p^t: sigma(-z) for the target, sigma(z) for the others
+            r = 1 / (1 + e)
+            modulator = jnp.where((t > 0) == (z >= 0), e * r, r)
+        else:  # (1 - p^t)^gamma = exp(-gamma (t z + log(1 + e^-z))), finite for any z
+            modulator = jnp.exp(-gamma * (softplus - (1 - t) * z))
+        return c.weighted(jnp.sum(modulator * bce), y, weights)
 
     return jax.vmap(single)(logits, labels)
 
