@@ -508,6 +508,17 @@ def plot_confusion(runs: list[dict] | dict, path: str, name: str | None = None):
     return fig
 
 
+def _remove_stale_figures(out: str, written: set[str]) -> None:
+    """Removes the per-method figures (``embedding_NN_*.png``, ``confusion_NN_*.png``) of an
+    earlier report in ``out`` that this one did not write: with other runs, or the same runs
+    in another order, their numbers would name other methods, and report.md no longer shows
+    them."""
+    for path in glob.glob(os.path.join(out, "*.png")):
+        name = os.path.basename(path)
+        if re.fullmatch(r"(embedding|confusion)_\d\d_.+\.png", name) and name not in written:
+            os.remove(path)
+
+
 def _slug(i: int, label: str) -> str:
     return f"{i:02d}_{label.replace(' ', '_').replace('+', 'plus')}"
 
@@ -588,6 +599,7 @@ def write_report(run_dirs: list[str], out: str, command: str | None = None) -> s
                 f"class (the diagonal is per-class accuracy); {_seeds_text(group)}.",
             )
         )
+    _remove_stale_figures(out, {name for name, _ in figures})
     text = [
         "# lt_jax results",
         "",

@@ -316,6 +316,16 @@ def test_report_md_has_the_command_and_a_caption_under_every_figure(tmp_path):
     assert "row-normalised" in caption["confusion_00_ce.png"]
     assert "seeds (0, 1)" in caption["confusion_00_ce.png"]
     assert "seed 0" in caption["confusion_01_gcl_plus_gcl_retrain.png"]
+    # Again into the same folder with GCL alone, now the first method: the figures of the
+    # first report that this one does not write are removed, other files are left alone.
+    (out / "notes.png").write_bytes(b"mine")
+    report.main([str(root / "gcl_s0"), "--out", str(out)])
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "confusion_00_gcl_plus_gcl_retrain.png",
+        "feature_norms.png",
+        "notes.png",
+        "per_class_accuracy.png",
+    ]
 
 
 def test_groups_of_one_method_that_differ_in_epochs_get_their_own_name_and_style(tmp_path):
