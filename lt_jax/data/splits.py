@@ -67,10 +67,12 @@ DOWNLOAD_TIMEOUT_S = 4.0
 
 
 def cache_dir() -> str:
-    """``$LT_JAX_CACHE/splits`` (default ``~/.cache/lt_jax/splits``), beside the compiled
-    programs and the native library of the same cache."""
-    root = os.environ.get("LT_JAX_CACHE", os.path.expanduser("~/.cache/lt_jax"))
-    return os.path.join(root, "splits")
+    """``splits`` in lt_jax's cache folder (:func:`lt_jax.models.native.cache_root`:
+    ``$LT_JAX_CACHE``, default ``~/.cache/lt_jax``), beside the compiled programs and the
+    native library."""
+    from lt_jax.models import native  # the one definition of the cache folder
+
+    return os.path.join(native.cache_root(), "splits")
 
 
 def parse_split_list(path: str, num_classes: int) -> tuple[list[str], np.ndarray]:
