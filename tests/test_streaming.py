@@ -152,7 +152,7 @@ def _streamed_config(tiny_lists):
     config.dataset.data_dir = str(tiny_lists.parent)
     config.dataset.lists_dir = str(tiny_lists)
     config.dataset.image_size = 32
-    config.model = "resnet32"
+    config.model = "small_cnn"  # the streamed path is under test, not the model
     config.batch_size = 8
     config.epochs = 1
     config.eval_batch_size = 8
