@@ -1,6 +1,6 @@
 """Lockstep parity: lt_jax's train step against the releases' recipe written in PyTorch.
 
-Usage: python benchmarks/lockstep.py [--methods ce,ldam_drw,kps_ga,fbl,gcl] [--steps 6]
+Usage: python benchmarks/lockstep.py [--methods ce,cb_focal,ldam_drw,kps_ga,fbl,gcl] [--steps 6]
            [--data-dir ../shared/data/cifar-10-batches-py] [--out results/lockstep]
        (needs PyTorch: pip install -e '.[bench]')
 
@@ -45,6 +45,10 @@ DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "cifar-10-batches-py")
 # The phases checked: method -> (0-based first epochs, what changes there in the release).
 PHASES = {
     "ce": {0: "warm-up (lr 0.02)", 160: "lr x0.01 from epoch 160 (release: epoch + 1 > 160)"},
+    "cb_focal": {
+        0: "sigmoid focal, CB weights, prior bias out of wd, warm-up",
+        160: "lr x0.01 (epoch + 1 > 160)",
+    },
     "ldam_drw": {0: "LDAM, warm-up", 160: "DRW weights on (epoch // 160), lr x0.01"},
     "kps_ga": {0: "KPS, warm-up", 120: "released GA on (epoch >= 120)"},
     "fbl": {0: "curriculum t = 0, warm-up", 150: "t = (150 / 190)^2, lr 0.1"},
@@ -229,14 +233,12 @@ def _noise(a):
 class _TorchSide:
     """One copy of the release's model and optimizer in PyTorch (float32 or float64)."""
 
-    def __init__(self, num_classes, head, wd, dtype):
-        import torch
-
-        from benchmarks.torch_reference import release_resnet32
+    def __init__(self, method, num_classes, head, wd, dtype):
+        from benchmarks.torch_reference import release_optimizer, release_resnet32
 
         self.dtype, self.head = dtype, head
         self.model = release_resnet32(num_classes, head).to(dtype)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=wd)
+        self.opt = release_optimizer(self.model, method, weight_decay=wd)
 
     def load(self, state, momentum: bool):
         load_into_torch(self.model, self.opt if momentum else None, state, self.head)
@@ -274,7 +276,7 @@ def run_phase(method, start_epoch, steps, *, setup, sync):
     state = dict(s["state"], step=first, opt_state=opt_state)
     torch.manual_seed(0)
     sides = {
-        name: _TorchSide(data.num_classes, head, config.wd, dtype)
+        name: _TorchSide(method, data.num_classes, head, config.wd, dtype)
         for name, dtype in (("release32", torch.float32), ("reference64", torch.float64))
     }
     for side in sides.values():

@@ -240,6 +240,20 @@ RECIPE_EPOCHS = 200
 RELEASE_MEAN, RELEASE_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
+def release_optimizer(net, method: str, weight_decay: float = RELEASE_WD):
+    """SGD (lr 0.1, momentum 0.9) with ``weight_decay`` on every parameter, as the PyTorch
+    releases build it; for CB focal (``prior``) the head bias is left out of weight decay,
+    as Cui et al. keep their prior bias."""
+    import torch
+
+    if not RELEASE[method].get("prior"):
+        groups = [{"params": list(net.parameters())}]
+    else:
+        rest = [p for n, p in net.named_parameters() if n != "head.bias"]
+        groups = [{"params": rest}, {"params": [net.head.bias], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=weight_decay)
+
+
 def release_train_step(model, opt, x, y, lr, criterion, mixing=None, noises=(None, None)):
     """The releases' train iteration: set the lr, forward (mixup_data / mixup_criterion when
     ``mixing = (lam, perm)``: one forward of the mixed batch, the criterion against both
@@ -311,14 +325,10 @@ def train_release(method, data, *, epochs=RECIPE_EPOCHS, seed=0, device="cpu", e
     num_classes = data.num_classes
     counts = np.bincount(data.train_labels, minlength=num_classes)
     net = release_resnet32(num_classes, r["head"]).to(device)
-    groups = [{"params": [p for n, p in net.named_parameters() if n != "head.bias"]}]
-    if r.get("prior"):  # Cui et al.: b = -log(C - 1), left out of weight decay
+    if r.get("prior"):  # Cui et al.: b = -log(C - 1)
         with torch.no_grad():
             net.head.bias.fill_(-float(np.log(num_classes - 1)))
-        groups.append({"params": [net.head.bias], "weight_decay": 0.0})
-    elif r["head"] == "linear":
-        groups[0]["params"].append(net.head.bias)
-    opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=RELEASE_WD)
+    opt = release_optimizer(net, method)
     mean = torch.tensor(RELEASE_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(RELEASE_STD, device=device).view(1, 3, 1, 1)
     train_x = torch.from_numpy(np.ascontiguousarray(data.train_images)).permute(0, 3, 1, 2)

@@ -73,7 +73,7 @@ def test_ce_keeps_the_partial_batch_and_matches_free_running(cifar_dir):
 
 @pytest.mark.parametrize(
     "method,phase",
-    [("ldam_drw", 160), ("kps_ga", 120), ("fbl", 150), ("gcl", 0)],
+    [("cb_focal", 0), ("ldam_drw", 160), ("kps_ga", 120), ("fbl", 150), ("gcl", 0)],
 )
 def test_method_phase_matches_the_release(cifar_dir, method, phase):
     (r,) = _run(cifar_dir, method, phase, 2, "synced", 32)
