@@ -17,11 +17,12 @@ criteria, written from the release code, not from lt_jax.
 
 Three sides run every step: lt_jax, the release in float32 (as it runs) and the release in
 float64 (the reference). lt_jax and the release both compute in float32, so the float32
-release's distance from the float64 one is the size of float32 rounding at that step; lt_jax
-"parts" from the release when its own distance exceeds ``SLACK`` times that (and a small
-floor), or when the learning rates differ. Per step: the learning rate, the loss, the logits
-before the update, the parameters and the BatchNorm statistics after it (max |a - ref| /
-max |ref| over every tensor). Two modes per phase:
+release's distance from the float64 one is the size of float32 rounding (its largest so far
+in the phase); lt_jax "parts" from the release when its own distance exceeds ``SLACK`` times
+that (and a small floor), or when the learning rates differ (``--rejudge`` re-applies this to
+a stored ``lockstep.json``). Per step: the learning rate, the loss, the logits before the
+update, the parameters and the BatchNorm statistics after it (max |a - ref| / max |ref| over
+every tensor). Two modes per phase:
   free   every side trains on its own from the shared start (rounding differences grow);
   synced before every step both PyTorch copies (weights, momentum buffers, BatchNorm
          statistics) are reset to lt_jax's state, so each row is one step's difference alone.
@@ -351,18 +352,24 @@ def run_phase(method, start_epoch, steps, *, setup, sync):
 # higher: the gradients of the first layers and of near-zero BatchNorm biases are
 # ill-conditioned at initialisation, and both float32 sides miss the float64 update there by
 # up to about 1e-2 of the tensor (measured: 1e-3 to 2e-2 per step, either side the larger).
+# The release's error is taken as its largest so far in the phase: the loss is one number, and
+# its float32 error can cancel to almost nothing at one step by chance (free-running CE,
+# 2026-12-03: 4.3e-4, 1.8e-5, 1.2e-3 at steps 2-4) while the rounding it stands for only grows.
 SLACK = 10.0
 FLOOR = {"loss": 1e-6, "logits": 1e-5, "params": 5e-2, "bn_stats": 1e-5}
+QUANTITIES = ("loss", "logits", "params", "bn_stats")
 
 
 def parted(rows):
     """The first (step, quantity) where lt_jax parts from the release beyond float32 rounding
     (see ``SLACK`` / ``FLOOR``), or None."""
+    rounding = dict.fromkeys(QUANTITIES, 0.0)
     for r in rows:
         if abs(r["lr_lt_jax"] - r["lr_release"]) > 1e-6 * r["lr_release"]:
             return r["step"], "learning rate"
-        for q in ("loss", "logits", "params", "bn_stats"):
-            if r[f"{q}_err_lt_jax"] > max(SLACK * r[f"{q}_err_release32"], FLOOR[q]):
+        for q in QUANTITIES:
+            rounding[q] = max(rounding[q], r[f"{q}_err_release32"])
+            if r[f"{q}_err_lt_jax"] > max(SLACK * rounding[q], FLOOR[q]):
                 where = r.get(f"{q}_worst_lt_jax", "")
                 return r["step"], f"{q} ({where})" if where else q
     return None
@@ -392,6 +399,28 @@ def report_markdown(results) -> str:
     return "\n".join(lines)
 
 
+def _write(out, meta, results):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "lockstep.json"), "w") as f:
+        json.dump(dict(meta, results=results), f, indent=1)
+    with open(os.path.join(out, "lockstep.md"), "w") as f:
+        f.write(report_markdown(results) + "\n")
+
+
+def rejudge(path, out):
+    """The stored rows of ``path`` (a lockstep.json) judged by today's ``parted``."""
+    with open(path) as f:
+        meta = json.load(f)
+    results = meta.pop("results")
+    for r in results:
+        r["parted"] = parted(r["rows"])
+    meta["criterion"] = dict(slack=SLACK, floor=FLOOR, rounding="largest so far in the phase")
+    meta["rejudged"] = "python benchmarks/lockstep.py " + " ".join(sys.argv[1:])
+    print(report_markdown(results))
+    _write(out, meta, results)
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(PHASES))
@@ -409,7 +438,15 @@ def main(argv=None):
         "--phases", default="", help="start epochs to check, e.g. 0,160 (default: each method's)"
     )
     parser.add_argument("--out", default="", help="folder for lockstep.json and lockstep.md")
+    parser.add_argument(
+        "--rejudge",
+        default="",
+        help="a lockstep.json: recompute each phase's first part with this file's criterion "
+        "from its stored rows (nothing is run) and write lockstep.json / lockstep.md to --out",
+    )
     args = parser.parse_args(argv)
+    if args.rejudge:
+        return rejudge(args.rejudge, args.out or os.path.dirname(args.rejudge))
 
     import torch
 
@@ -448,15 +485,11 @@ def main(argv=None):
         jax=jax.__version__,
         torch=torch.__version__,
         backend=jax.default_backend(),
-        criterion=dict(slack=SLACK, floor=FLOOR),
+        criterion=dict(slack=SLACK, floor=FLOOR, rounding="largest so far in the phase"),
     )
     print(report_markdown(results))
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "lockstep.json"), "w") as f:
-            json.dump(dict(meta, results=results), f, indent=1)
-        with open(os.path.join(args.out, "lockstep.md"), "w") as f:
-            f.write(report_markdown(results) + "\n")
+        _write(args.out, meta, results)
     return results
 
 
