@@ -12,8 +12,9 @@ batch sizes (the last partial batch kept, as the releases' DataLoader), its crop
 flips (``augment.crop_flip_draws``), mixup lambda and partner permutation
 (``augment.mixup_draws``) and GCL noise (``losses.gcl.gcl_noise``), applied on the PyTorch side
 by its own code. The PyTorch side is ``benchmarks/torch_reference.py``: the releases' model,
-kaiming init, ``torch.optim.SGD(momentum, weight_decay)``, ``adjust_learning_rate`` and
-criteria, written from the release code, not from lt_jax.
+kaiming init, ``torch.optim.SGD(momentum, weight_decay)`` (``release_optimizer``: CB focal's
+head bias without weight decay), ``adjust_learning_rate`` and criteria, written from the
+release code, not from lt_jax.
 
 Three sides run every step: lt_jax, the release in float32 (as it runs) and the release in
 float64 (the reference). lt_jax and the release both compute in float32, so the float32
@@ -47,7 +48,7 @@ DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "cifar-10-batches-py")
 PHASES = {
     "ce": {0: "warm-up (lr 0.02)", 160: "lr x0.01 from epoch 160 (release: epoch + 1 > 160)"},
     "cb_focal": {
-        0: "sigmoid focal, CB weights, prior bias out of wd, warm-up",
+        0: "sigmoid focal, CB weights, warm-up",
         160: "lr x0.01 (epoch + 1 > 160)",
     },
     "ldam_drw": {0: "LDAM, warm-up", 160: "DRW weights on (epoch // 160), lr x0.01"},
@@ -354,7 +355,8 @@ def run_phase(method, start_epoch, steps, *, setup, sync):
 # up to about 1e-2 of the tensor (measured: 1e-3 to 2e-2 per step, either side the larger).
 # The release's error is taken as its largest so far in the phase: the loss is one number, and
 # its float32 error can cancel to almost nothing at one step by chance (free-running CE,
-# 2026-12-03: 4.3e-4, 1.8e-5, 1.2e-3 at steps 2-4) while the rounding it stands for only grows.
+# 2026-12-03: 4.3e-4, 1.8e-5, 1.2e-3 at steps 2-4) while the rounding it stands for only grows
+# (free) or stays the same size (synced: each step from lt_jax's state).
 SLACK = 10.0
 FLOOR = {"loss": 1e-6, "logits": 1e-5, "params": 5e-2, "bn_stats": 1e-5}
 QUANTITIES = ("loss", "logits", "params", "bn_stats")
@@ -407,15 +409,17 @@ def _write(out, meta, results):
         f.write(report_markdown(results) + "\n")
 
 
-def rejudge(path, out):
-    """The stored rows of ``path`` (a lockstep.json) judged by today's ``parted``."""
+def rejudge(path, out, argv):
+    """The stored rows of ``path`` (a lockstep.json) judged by today's ``parted``, labelled
+    with today's ``PHASES``."""
     with open(path) as f:
         meta = json.load(f)
     results = meta.pop("results")
     for r in results:
         r["parted"] = parted(r["rows"])
+        r["phase"] = PHASES.get(r["method"], {}).get(r["start_epoch"], r["phase"])
     meta["criterion"] = dict(slack=SLACK, floor=FLOOR, rounding="largest so far in the phase")
-    meta["rejudged"] = "python benchmarks/lockstep.py " + " ".join(sys.argv[1:])
+    meta["rejudged"] = "python benchmarks/lockstep.py " + " ".join(argv)
     print(report_markdown(results))
     _write(out, meta, results)
     return results
@@ -442,11 +446,13 @@ def main(argv=None):
         "--rejudge",
         default="",
         help="a lockstep.json: recompute each phase's first part with this file's criterion "
-        "from its stored rows (nothing is run) and write lockstep.json / lockstep.md to --out",
+        "from its stored rows (nothing is run) and write lockstep.json / lockstep.md to --out "
+        "(default: over the given file)",
     )
     args = parser.parse_args(argv)
     if args.rejudge:
-        return rejudge(args.rejudge, args.out or os.path.dirname(args.rejudge))
+        out = args.out or os.path.dirname(args.rejudge) or "."
+        return rejudge(args.rejudge, out, argv if argv is not None else sys.argv[1:])
 
     import torch
 
