@@ -360,6 +360,7 @@ def run_phase(method, start_epoch, steps, *, setup, sync):
 SLACK = 10.0
 FLOOR = {"loss": 1e-6, "logits": 1e-5, "params": 5e-2, "bn_stats": 1e-5}
 QUANTITIES = ("loss", "logits", "params", "bn_stats")
+CRITERION = dict(slack=SLACK, floor=FLOOR, rounding="largest so far in the phase")  # recorded
 
 
 def parted(rows):
@@ -418,7 +419,7 @@ def rejudge(path, out, argv):
     for r in results:
         r["parted"] = parted(r["rows"])
         r["phase"] = PHASES.get(r["method"], {}).get(r["start_epoch"], r["phase"])
-    meta["criterion"] = dict(slack=SLACK, floor=FLOOR, rounding="largest so far in the phase")
+    meta["criterion"] = CRITERION
     meta["rejudged"] = "python benchmarks/lockstep.py " + " ".join(argv)
     print(report_markdown(results))
     _write(out, meta, results)
@@ -491,7 +492,7 @@ def main(argv=None):
         jax=jax.__version__,
         torch=torch.__version__,
         backend=jax.default_backend(),
-        criterion=dict(slack=SLACK, floor=FLOOR, rounding="largest so far in the phase"),
+        criterion=CRITERION,
     )
     print(report_markdown(results))
     if args.out:

@@ -106,7 +106,7 @@ def test_a_schedule_one_epoch_late_is_caught(cifar_dir, monkeypatch, tmp_path):
 
 def _row(step, loss_lt_jax, loss_release32):
     row = dict(step=step, batch=128, lr_lt_jax=0.1, lr_release=0.1)
-    for q in ("loss", "logits", "params", "bn_stats"):
+    for q in lockstep.QUANTITIES:
         row[f"{q}_err_lt_jax"] = row[f"{q}_err_release32"] = 1e-7
     row["loss_err_lt_jax"], row["loss_err_release32"] = loss_lt_jax, loss_release32
     return row
