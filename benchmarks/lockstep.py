@@ -207,9 +207,9 @@ def _rel(a: dict, ref: dict):
 # --- the PyTorch step from lt_jax's draws ---------------------------------------------------------
 
 
-def _torch_batch(images_u8, idx, draws, mean, std):
-    """The release's RandomCrop(32, padding=4) + RandomHorizontalFlip + Normalize, with the
-    given per-image offsets and flips: zero padding of the uint8 image, before normalising."""
+def _torch_crops(images_u8, idx, draws):
+    """The release's RandomCrop(32, padding=4) + RandomHorizontalFlip with the given
+    per-image offsets and flips (zero padding of the uint8 image): uint8 [B, 3, H, W]."""
     import torch
     from torch.nn import functional as F
 
@@ -220,10 +220,19 @@ def _torch_batch(images_u8, idx, draws, mean, std):
     crops = torch.stack(
         [padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(len(idx))]
     )
-    crops = torch.where(torch.from_numpy(np.array(flip)).view(-1, 1, 1, 1), crops.flip(3), crops)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (crops.float() / 255.0 - m) / s
+    return torch.where(torch.from_numpy(np.array(flip)).view(-1, 1, 1, 1), crops.flip(3), crops)
+
+
+def _torch_normalize(crops_u8, mean, std, dtype):
+    """The release's ToTensor + Normalize at ``dtype``. Each side normalises the uint8 crops
+    at its own precision: the float64 reference from float64 arithmetic, so the float32
+    release carries its own input rounding, as lt_jax does (fed the float32 release's
+    input, the reference would share its rounding and the comparison would favour it)."""
+    import torch
+
+    m = torch.tensor(mean, dtype=dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=dtype).view(1, 3, 1, 1)
+    return (crops_u8.to(dtype) / 255.0 - m) / s
 
 
 def _noise(a):
@@ -245,14 +254,15 @@ class _TorchSide:
     def load(self, state, momentum: bool):
         load_into_torch(self.model, self.opt if momentum else None, state, self.head)
 
-    def step(self, x, y, lr, criterion, mixing, noises):
-        """The release's train iteration; returns (loss, scores before the update)."""
+    def step(self, crops_u8, y, lr, criterion, mixing, noises):
+        """The release's train iteration on uint8 crops; returns (loss, scores before the
+        update)."""
         from benchmarks.torch_reference import release_train_step
+        from lt_jax.data import augment
 
+        x = _torch_normalize(crops_u8, augment.CIFAR_MEAN, augment.CIFAR_STD, self.dtype)
         noises = tuple(n.to(self.dtype) for n in noises)
-        loss, out = release_train_step(
-            self.model, self.opt, x.to(self.dtype), y, lr, criterion, mixing, noises
-        )
+        loss, out = release_train_step(self.model, self.opt, x, y, lr, criterion, mixing, noises)
         return float(loss.item()), out.double().numpy()
 
 
@@ -310,7 +320,7 @@ def run_phase(method, start_epoch, steps, *, setup, sync):
         # PyTorch: the same batch from lt_jax's draws, the release's iteration.
         k_aug, k_mix, k_loss, k_loss_b = steps_lib.step_keys(s["key"], step_no)
         draws = augment.crop_flip_draws(k_aug, len(idx), pad=4)
-        x = _torch_batch(data.train_images, idx, draws, augment.CIFAR_MEAN, augment.CIFAR_STD)
+        crops = _torch_crops(data.train_images, idx, draws)
         y = torch.from_numpy(labels_np[idx])
         mixing = None
         if alpha > 0:
@@ -322,7 +332,7 @@ def run_phase(method, start_epoch, steps, *, setup, sync):
         criterion = release_loss(method, data.class_counts, epoch=epoch, epochs=config.epochs)
         losses = {"lt_jax": float(metrics["loss"])}
         for name, side in sides.items():
-            losses[name], logits[name] = side.step(x, y, lr, criterion, mixing, noises)
+            losses[name], logits[name] = side.step(crops, y, lr, criterion, mixing, noises)
         ref = sides["reference64"].model
         ref_arrays = _torch_arrays(ref)
         arrays32 = _torch_arrays(sides["release32"].model)  # parameters and buffers, once

@@ -142,6 +142,23 @@ def test_parting_is_judged_against_the_largest_rounding_so_far(tmp_path, monkeyp
 # --- the PyTorch reference trainer ---------------------------------------------------------------
 
 
+def test_each_release_side_normalises_the_crops_at_its_own_precision():
+    """The float64 reference computes ``(x / 255 - mean) / std`` in float64 (not from the
+    float32 release's input, whose rounding it would then share)."""
+    from lt_jax.data import augment
+
+    crops = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 4, 4), np.uint8))
+    m = np.asarray(augment.CIFAR_MEAN, np.float64)[:, None, None]
+    s = np.asarray(augment.CIFAR_STD, np.float64)[:, None, None]
+    exact = (crops.numpy().astype(np.float64) / 255.0 - m) / s
+    x64 = lockstep._torch_normalize(crops, augment.CIFAR_MEAN, augment.CIFAR_STD, torch.float64)
+    x32 = lockstep._torch_normalize(crops, augment.CIFAR_MEAN, augment.CIFAR_STD, torch.float32)
+    assert x64.dtype == torch.float64 and x32.dtype == torch.float32
+    np.testing.assert_allclose(x64.numpy(), exact, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(x32.numpy(), exact, rtol=1e-6, atol=1e-6)
+    assert np.abs(x32.numpy() - exact).max() > 1e-9  # float32 rounding, absent from x64
+
+
 def test_reference_crops_and_flips_each_image_at_its_own_draws():
     """The vectorised crop + flip against a per-image loop written here: zero padding of 4,
     the window at (row, column) offset, mirrored columns where flipped."""
