@@ -20,7 +20,8 @@ difference at a time from lt_jax, and prints the BatchNorm column of each:
                  native kernels do: one pass over the activations) and which rounds worse.
 
 With both removed lt_jax's statistics are as close to the reference as the float32
-release's. Nothing here changes lt_jax: the patches live in this process only.
+release's. Last, the input rounding of both sides on random images. Nothing here changes
+lt_jax: the patches live in this process only.
 """
 
 from __future__ import annotations
@@ -80,6 +81,29 @@ def two_pass_variance():
         nnx.BatchNorm.__init__ = plain
 
 
+def input_rounding(batch: int = 128, seed: int = 0) -> dict:
+    """Error of lt_jax's jitted ``augment.normalize`` and of PyTorch's float32 divisions
+    against the float64 value, on random uint8 images: rms and mean per channel."""
+    import jax
+    import numpy as np
+    import torch
+
+    from lt_jax.data import augment
+
+    mean, std = augment.CIFAR_MEAN, augment.CIFAR_STD
+    u8 = np.random.default_rng(seed).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+    exact = (u8 / 255.0 - np.asarray(mean)) / np.asarray(std)
+    ours = np.asarray(jax.jit(lambda x: augment.normalize(x, mean, std))(u8))
+    theirs = (
+        (torch.from_numpy(u8).float() / 255.0 - torch.tensor(mean)) / torch.tensor(std)
+    ).numpy()
+    out = {}
+    for name, x in (("lt_jax", ours), ("pytorch float32", theirs)):
+        err = x.astype(np.float64) - exact
+        out[name] = {"rms": float(np.sqrt(np.mean(err**2))), "bias": err.reshape(-1, 3).mean(0)}
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="ce")
@@ -88,6 +112,8 @@ def main(argv=None):
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+
+    import numpy as np
 
     sys.path.insert(0, ROOT)  # benchmarks.lockstep when run as a script
     from benchmarks import lockstep
@@ -120,6 +146,10 @@ def main(argv=None):
             f"({row['bn_stats_worst_lt_jax']}) | {row['bn_stats_err_release32']:.2e} "
             f"({row['bn_stats_worst_release32']}) |"
         )
+    print("\nInput rounding, 128 random uint8 images (error against float64):")
+    for name, e in input_rounding().items():
+        bias = np.array2string(e["bias"], precision=2)
+        print(f"  {name}: rms {e['rms']:.2e}, mean per channel {bias}")
     return table
 
 
