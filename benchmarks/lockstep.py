@@ -208,30 +208,30 @@ def _rel(a: dict, ref: dict):
 
 
 def _torch_crops(images_u8, idx, draws):
-    """The release's RandomCrop(32, padding=4) + RandomHorizontalFlip with the given
-    per-image offsets and flips (zero padding of the uint8 image): uint8 [B, 3, H, W]."""
+    """The release's RandomCrop(32, padding=4) + RandomHorizontalFlip of the images ``idx``
+    at lt_jax's draws (``torch_reference.crop_flip``): uint8 [B, 3, H, W]."""
     import torch
-    from torch.nn import functional as F
+
+    from benchmarks.torch_reference import crop_flip
 
     dy, dx, flip = (np.asarray(d) for d in draws)
     x = torch.from_numpy(np.ascontiguousarray(images_u8[idx])).permute(0, 3, 1, 2)
-    padded = F.pad(x, (4, 4, 4, 4))
-    h, w = x.shape[2:]
-    crops = torch.stack(
-        [padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(len(idx))]
-    )
-    return torch.where(torch.from_numpy(np.array(flip)).view(-1, 1, 1, 1), crops.flip(3), crops)
+    offsets = torch.from_numpy(np.stack([dy, dx], axis=1).astype(np.int64))
+    return crop_flip(x, offsets, torch.from_numpy(flip.astype(bool)))
 
 
-def _torch_normalize(crops_u8, mean, std, dtype):
-    """The release's ToTensor + Normalize at ``dtype``. Each side normalises the uint8 crops
-    at its own precision: the float64 reference from float64 arithmetic, so the float32
-    release carries its own input rounding, as lt_jax does (fed the float32 release's
-    input, the reference would share its rounding and the comparison would favour it)."""
+def _torch_normalize(crops_u8, dtype):
+    """The release's ToTensor + Normalize (``torch_reference.RELEASE_MEAN`` / ``RELEASE_STD``)
+    at ``dtype``. Each side normalises the uint8 crops at its own precision: the float64
+    reference from float64 arithmetic, so the float32 release carries its own input rounding,
+    as lt_jax does (fed the float32 release's input, the reference would share its rounding
+    and the comparison would favour it)."""
     import torch
 
-    m = torch.tensor(mean, dtype=dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=dtype).view(1, 3, 1, 1)
+    from benchmarks.torch_reference import RELEASE_MEAN, RELEASE_STD
+
+    m = torch.tensor(RELEASE_MEAN, dtype=dtype).view(1, 3, 1, 1)
+    s = torch.tensor(RELEASE_STD, dtype=dtype).view(1, 3, 1, 1)
     return (crops_u8.to(dtype) / 255.0 - m) / s
 
 
@@ -258,9 +258,8 @@ class _TorchSide:
         """The release's train iteration on uint8 crops; returns (loss, scores before the
         update)."""
         from benchmarks.torch_reference import release_train_step
-        from lt_jax.data import augment
 
-        x = _torch_normalize(crops_u8, augment.CIFAR_MEAN, augment.CIFAR_STD, self.dtype)
+        x = _torch_normalize(crops_u8, self.dtype)
         noises = tuple(n.to(self.dtype) for n in noises)
         loss, out = release_train_step(self.model, self.opt, x, y, lr, criterion, mixing, noises)
         return float(loss.item()), out.double().numpy()

@@ -42,16 +42,16 @@ def release_input_bits():
     import jax.numpy as jnp
     import torch
 
+    from benchmarks.lockstep import _torch_normalize
     from lt_jax.data import augment
 
     plain = augment.normalize
+    values = torch.arange(256, dtype=torch.uint8).view(256, 1, 1, 1).expand(256, 3, 1, 1)
+    table = jnp.asarray(_torch_normalize(values, torch.float32).numpy().reshape(256, 3))
 
-    def normalize(images, mean, std):
-        u = torch.arange(256, dtype=torch.float32).view(256, 1)
-        m, s = (torch.tensor(v, dtype=torch.float32).view(1, -1) for v in (mean, std))
-        table = jnp.asarray(((u / 255.0 - m) / s).numpy())  # [256, C]
+    def normalize(images, mean, std):  # the release's constants (the lockstep's CIFAR-10)
         x = jnp.asarray(images).astype(jnp.int32)
-        return jnp.stack([table[:, c][x[..., c]] for c in range(table.shape[1])], axis=-1)
+        return jnp.stack([table[:, c][x[..., c]] for c in range(3)], axis=-1)
 
     augment.normalize = normalize
     try:
@@ -88,15 +88,15 @@ def input_rounding(batch: int = 128, seed: int = 0) -> dict:
     import numpy as np
     import torch
 
+    from benchmarks.lockstep import _torch_normalize
     from lt_jax.data import augment
 
     mean, std = augment.CIFAR_MEAN, augment.CIFAR_STD
     u8 = np.random.default_rng(seed).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
     exact = (u8 / 255.0 - np.asarray(mean)) / np.asarray(std)
     ours = np.asarray(jax.jit(lambda x: augment.normalize(x, mean, std))(u8))
-    theirs = (
-        (torch.from_numpy(u8).float() / 255.0 - torch.tensor(mean)) / torch.tensor(std)
-    ).numpy()
+    nchw = torch.from_numpy(u8).permute(0, 3, 1, 2)
+    theirs = _torch_normalize(nchw, torch.float32).permute(0, 2, 3, 1).numpy()
     out = {}
     for name, x in (("lt_jax", ours), ("pytorch float32", theirs)):
         err = x.astype(np.float64) - exact

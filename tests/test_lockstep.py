@@ -151,8 +151,8 @@ def test_each_release_side_normalises_the_crops_at_its_own_precision():
     m = np.asarray(augment.CIFAR_MEAN, np.float64)[:, None, None]
     s = np.asarray(augment.CIFAR_STD, np.float64)[:, None, None]
     exact = (crops.numpy().astype(np.float64) / 255.0 - m) / s
-    x64 = lockstep._torch_normalize(crops, augment.CIFAR_MEAN, augment.CIFAR_STD, torch.float64)
-    x32 = lockstep._torch_normalize(crops, augment.CIFAR_MEAN, augment.CIFAR_STD, torch.float32)
+    x64 = lockstep._torch_normalize(crops, torch.float64)
+    x32 = lockstep._torch_normalize(crops, torch.float32)
     assert x64.dtype == torch.float64 and x32.dtype == torch.float32
     np.testing.assert_allclose(x64.numpy(), exact, rtol=1e-14, atol=1e-14)
     np.testing.assert_allclose(x32.numpy(), exact, rtol=1e-6, atol=1e-6)
