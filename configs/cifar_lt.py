@@ -10,7 +10,8 @@ cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html), its
 extracted folder, or an image folder ``root/{train,test}/<class>/*``; left empty
 (or ``tfds`` / ``tfds:/path``) it reads TensorFlow Datasets' cifar10 / cifar100
 (the [tfds] extra, network on first use). Use lossless pixels for accuracy results:
-a JPEG copy costs points (CE, 40 epochs: 59.08 on JPEG q75 vs 63.92 lossless).
+a JPEG copy costs points (CE, 40 epochs, seed 0: 59.08 on JPEG q75 vs 63.92 lossless,
+issue 12's measurement at b1792e9).
 
 The LT subset keeps n_i = int(n_max * (1/IF)^(i/(C-1))) images of class i (CIFAR-10 IF
 100: [5000, 2997, ..., 50], 12,406 images). ``split_protocol=release`` (the default) draws

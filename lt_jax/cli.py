@@ -305,8 +305,8 @@ def use_all_cpu_cores(batch_sizes) -> int | None:
 
     The data-parallel step then shards the batch over the devices. Since the native CPU
     kernels (``lt_jax.models.native``, single device only) this is slower for the ResNets:
-    ResNet-32 at batch 128 on the 2-core development machine, 593 images/s on one device
-    against 388 on two (``benchmarks/throughput.py``'s scaling line); before them two
+    ResNet-32 at batch 128 on the 2-core development machine, 554 images/s on one device
+    against 330 on two (``benchmarks/throughput.py``'s scaling line); before them two
     devices added about 7% (287 -> 308). It may still help models without native kernels
     (the small CNN) on many-core hosts. Opt-in also because XLA:CPU's all-reduce
     rendezvous aborted runs (40 s termination
