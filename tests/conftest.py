@@ -25,12 +25,29 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from tests import run_sweep  # noqa: E402
 
 _session = os.environ.setdefault("LT_JAX_TEST_SESSION", f"{os.getpid()}")
 _caches = os.path.join(tempfile.gettempdir(), f"lt_jax_test_{_session}")
 os.environ.setdefault("LT_JAX_CACHE", os.path.join(_caches, "lt_jax"))
 jax.config.update("jax_compilation_cache_dir", os.path.join(_caches, "xla"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+# Session scope: kept until the worker ends, not torn down when another module's test runs in
+# between. Its users carry @pytest.mark.xdist_group("sweep_root"), so one worker builds it once.
+# Three runs of the default config at runlocal size, shared by the tests that need a finished
+# run: CE seeds 0 and 1 (the report's mean and std) and GCL seed 1, which is also
+# test_train.py's end-to-end run and test_seeds.py's single-seed run to compare seed 1 of a
+# 2-seed run with.
+@pytest.fixture(scope="session")
+def sweep_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    run_sweep(root, "ce", "0,1")
+    run_sweep(root, "gcl", "1")
+    return root
 
 
 def pytest_sessionfinish(session):

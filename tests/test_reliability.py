@@ -16,7 +16,7 @@ from PIL import Image
 from lt_jax import checkpoint, sweep, train
 from lt_jax.data import datasets
 from lt_jax.workdir import WorkdirLock, WorkdirLocked
-from tests import xla_flags
+from tests import copy_run, xla_flags
 from tests.test_train import ROOT, sigterm_at_step, tiny
 
 CLI_ENV = dict(os.environ, XLA_FLAGS=xla_flags(1))
@@ -126,15 +126,17 @@ def _corrupt(step_dir):
                 fh.write(b"garbage")
 
 
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_intact_one(tmp_path):
-    config = tiny("ce")  # 2 epochs of 15 steps, a checkpoint after each
-    first = train.train_and_evaluate(config, str(tmp_path))
-    stage1 = tmp_path / "checkpoints" / "stage1"
+@pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixture
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_intact_one(sweep_root, tmp_path):
+    config = tiny("ce")  # 2 epochs of 15 steps, a checkpoint after each: the sweep's ce_s0
+    run = copy_run(sweep_root, "ce_s0", tmp_path / "run")
+    first = json.load(open(run / "results.json"))
+    stage1 = run / "checkpoints" / "stage1"
     assert sorted(os.listdir(stage1)) == ["15", "30"]
     _corrupt(str(stage1 / "30"))
-    again = train.train_and_evaluate(config, str(tmp_path))  # resumes from 15, trains epoch 2
+    again = train.train_and_evaluate(config, str(run))  # resumes from 15, trains epoch 2
     assert again["final"]["per_class_accuracy"] == first["final"]["per_class_accuracy"]
-    kept = glob.glob(str(tmp_path / "checkpoints" / "stage1.damaged" / "30-*"))
+    kept = glob.glob(str(run / "checkpoints" / "stage1.damaged" / "30-*"))
     assert len(kept) == 1 and os.listdir(kept[0])  # the damaged one set aside, not deleted
     assert sorted(os.listdir(stage1)) == ["15", "30"]
 
@@ -142,13 +144,14 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_intact_one(tmp_path):
 # --- the evaluation record ----------------------------------------------------------------------
 
 
-def test_evaluate_leaves_the_training_record_as_it_was(tmp_path):
-    config = tiny("ce", epochs=1)
-    trained = train.train_and_evaluate(config, str(tmp_path))
-    before = (tmp_path / "results.json").read_bytes()
-    evaluated = train.train_and_evaluate(config, str(tmp_path), eval_only=True)
-    assert (tmp_path / "results.json").read_bytes() == before
-    record = json.load(open(tmp_path / "evaluation.json"))
+@pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixture
+def test_evaluate_leaves_the_training_record_as_it_was(sweep_root, tmp_path):
+    run = copy_run(sweep_root, "ce_s0", tmp_path / "run")  # tiny("ce") trained
+    before = (run / "results.json").read_bytes()
+    trained = json.loads(before)
+    evaluated = train.train_and_evaluate(tiny("ce"), str(run), eval_only=True)
+    assert (run / "results.json").read_bytes() == before
+    record = json.load(open(run / "evaluation.json"))
     assert record["final"]["top1"] == evaluated["final"]["top1"] == trained["final"]["top1"]
 
 

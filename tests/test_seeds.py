@@ -20,6 +20,7 @@ from lt_jax import (
     train,
 )
 from lt_jax.data import datasets, pipeline, samplers
+from lt_jax.workdir import check_config
 from tests.test_train import sigterm_at_step, tiny
 
 
@@ -33,17 +34,21 @@ def _params(workdir, stage="stage1"):
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
 
 
-# Session scope: kept until the worker ends, not torn down when another module's test runs
-# in between (its users are one xdist_group, so one worker builds it once).
+# Session scope, and its users share conftest.py's sweep_root fixture and its xdist_group, so
+# one worker builds both once.
 @pytest.fixture(scope="session")
-def two_seeds(tmp_path_factory):
-    """GCL (stage 1 + the CBEN stage 2) with seeds 0 and 1 in one run, and seed 1 alone (the
-    second slice of the stacked state: a run that trained seed 0 twice, or mixed up the
-    seeds' draws, fails; seed 0 is the first slice, checked by the three-step test)."""
-    root = tmp_path_factory.mktemp("seeds")
-    together = train.train_and_evaluate(tiny("gcl", num_seeds=2), str(root / "k2"))
-    alone = train.train_and_evaluate(tiny("gcl", seed=1), str(root / "s1"))
-    return root, together, alone
+def two_seeds(tmp_path_factory, sweep_root):
+    """GCL (stage 1 + the CBEN stage 2) with seeds 0 and 1 in one run (``k2``), and seed 1
+    alone (``s1``: the sweep's run of the same config with seed 1). Seed 1 is the second
+    slice of the stacked state: a run that trained seed 0 twice, or mixed up the seeds'
+    draws, fails; seed 0 is the first slice, checked by the three-step test."""
+    k2 = tmp_path_factory.mktemp("seeds") / "k2"
+    together = train.train_and_evaluate(tiny("gcl", num_seeds=2), str(k2))
+    s1 = sweep_root / "gcl_s1"
+    with open(s1 / "results.json") as f:
+        alone = json.load(f)
+    check_config(str(s1), tiny("gcl", seed=1))  # the run tiny("gcl", seed=1) would train
+    return k2, s1, together, alone
 
 
 @pytest.mark.parametrize("sequential", [False, True], ids=["vmapped", "unrolled"])
@@ -93,16 +98,16 @@ def test_a_few_seeded_steps_equal_each_seed_alone(sequential):
                            state_k["params"]["head"]["kernel"][...][1])  # fmt: skip
 
 
-@pytest.mark.xdist_group("two_seeds")  # one worker builds the shared fixture
+@pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixtures
 def test_seed_k_of_a_k_seed_run_is_the_run_with_seed_k(two_seeds):
     """Whole runs (2 + 1 epochs, 45 steps, 8 devices): the float32 rounding of the K-seed
     program grows to at most 1e-2 in a parameter (measured 2.4e-3, a BatchNorm scale, over
     the 48 steps of runlocal with its partial batches); the predictions stay the same up to
     one test image."""
-    root, together, alone = two_seeds
+    k2, s1, together, alone = two_seeds
     for stage in ("stage1", "stage2"):
-        stacked = _params(str(root / "k2"), stage)
-        single = _params(str(root / "s1"), stage)
+        stacked = _params(str(k2), stage)
+        single = _params(str(s1), stage)
         assert stacked.keys() == single.keys()
         for name, value in single.items():
             np.testing.assert_allclose(stacked[name][1], value, atol=1e-2)
@@ -114,10 +119,10 @@ def test_seed_k_of_a_k_seed_run_is_the_run_with_seed_k(two_seeds):
             assert abs(got[part]["top1"] - want[part]["top1"]) <= 0.001, (stage, part)
 
 
-@pytest.mark.xdist_group("two_seeds")  # one worker builds the shared fixture
+@pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixtures
 def test_results_hold_per_seed_entries_and_their_mean_and_sample_std(two_seeds):
-    root, together, _ = two_seeds
-    saved = json.load(open(root / "k2" / "results.json"))
+    k2, s1, together, _ = two_seeds
+    saved = json.load(open(k2 / "results.json"))
     assert [r["seed"] for r in saved["per_seed"]] == [0, 1]
     assert saved["per_seed"] == saved["stage2"]["per_seed"]  # stage 2 is the headline
     for part in ("final", "best_epoch"):
@@ -126,28 +131,28 @@ def test_results_hold_per_seed_entries_and_their_mean_and_sample_std(two_seeds):
             agg = saved["aggregate"][part][key]
             assert agg["mean"] == pytest.approx(sum(values) / 2)
             assert agg["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
-    single = json.load(open(root / "s1" / "results.json"))
+    single = json.load(open(s1 / "results.json"))
     assert len(single["per_seed"]) == 1 and single["per_seed"][0]["seed"] == 1
     assert single["aggregate"]["final"]["top1"] == {"mean": single["final"]["top1"], "std": None}
 
 
-@pytest.mark.xdist_group("two_seeds")  # one worker builds the shared fixture
+@pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixtures
 def test_report_averages_the_seeds_of_one_workdir(two_seeds, tmp_path):
-    root, together, _ = two_seeds
-    runs = report.seed_runs(report.load_run(str(root / "k2")))
+    k2, _, together, _ = two_seeds
+    runs = report.seed_runs(report.load_run(str(k2)))
     assert [r["results"]["final"]["top1"] for r in runs] == [
         r["final"]["top1"] for r in together["per_seed"]
     ]
-    text = open(report.write_report([str(root / "k2")], str(tmp_path))).read()
+    text = open(report.write_report([str(k2)], str(tmp_path))).read()
     values = [100 * r["final"]["top1"] for r in together["per_seed"]]
     assert f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}" in text
 
 
-@pytest.mark.xdist_group("two_seeds")  # one worker builds the shared fixture
+@pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixtures
 def test_a_killed_k_seed_run_resumes_bit_identically(two_seeds, tmp_path, monkeypatch):
     """The fixture's 2-seed GCL run, stopped by SIGTERM mid-stage 1 and resumed: both
     stages' parameters end bit-identical to the uninterrupted run's."""
-    root, together, _ = two_seeds
+    k2, _, together, _ = two_seeds
     config = tiny("gcl", num_seeds=2)
     monkeypatch.setattr(train, "install_sigterm", sigterm_at_step(20))
     with pytest.raises(train.TrainingError, match="SIGTERM: saved stage1 step 20"):
@@ -155,7 +160,7 @@ def test_a_killed_k_seed_run_resumes_bit_identically(two_seeds, tmp_path, monkey
     monkeypatch.undo()
     resumed = train.train_and_evaluate(config, str(tmp_path))
     for stage in ("stage1", "stage2"):
-        a, b = _params(str(root / "k2"), stage), _params(str(tmp_path), stage)
+        a, b = _params(str(k2), stage), _params(str(tmp_path), stage)
         assert a.keys() == b.keys()
         for name in a:
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"{stage} {name}")

@@ -4,6 +4,7 @@ import glob
 import importlib.util
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 from lt_jax import checkpoint, evaluation, methods, metrics, optim, stage2, steps, train
 from lt_jax.data import datasets, pipeline, samplers
 from lt_jax.workdir import check_config, record_config
-from tests import xla_flags
+from tests import copy_run, xla_flags
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -36,22 +37,25 @@ def tiny(method="gcl", **overrides):
     return config
 
 
-def test_default_config_end_to_end(tmp_path):
-    results = train.train_and_evaluate(tiny(), str(tmp_path))
-    assert results["stage1"]["final"]["epoch"] == 2
+@pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixture
+def test_default_config_end_to_end(sweep_root):
+    """The default GCL config at runlocal size (seed 1: conftest.py's shared sweep run)."""
+    workdir = sweep_root / "gcl_s1"
+    check_config(str(workdir), tiny(seed=1))
+    results = json.load(open(workdir / "results.json"))
+    assert results["method"] == "gcl" and results["stage1"]["final"]["epoch"] == 2
     final = results["final"]  # GCL's stage 2 (1 epoch in runlocal) gives the headline
-    assert final is results["stage2"]["final"] and final["epoch"] == 1
+    assert final == results["stage2"]["final"] and final["epoch"] == 1
     assert 0.1 < final["top1"] <= 1
     assert set(["many", "medium", "few", "ece", "per_class_accuracy"]) <= set(final)
-    assert json.load(open(tmp_path / "results.json"))["method"] == "gcl"
-    split = json.load(open(tmp_path / "split.json"))
+    split = json.load(open(workdir / "split.json"))
     assert split["class_counts"] == [400, 239, 143, 86, 51, 30, 18, 11, 6, 4]
-    lines = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert any("stage1/test/top1" in line for line in lines)
     assert any("stage2/test/top1" in line for line in lines)
     # TensorBoard: one run per stage, steps never going back, test metrics and lr there.
     for stage in ("stage1", "stage2"):
-        (events,) = glob.glob(str(tmp_path / "tensorboard" / stage / "events.out.tfevents.*"))
+        (events,) = glob.glob(str(workdir / "tensorboard" / stage / "events.out.tfevents.*"))
         scalars = _tensorboard_scalars(events)
         steps = [step for step, _, _ in scalars]
         assert steps == sorted(steps) and steps, stage
@@ -319,15 +323,16 @@ def test_sigmoid_calibration_and_the_stage2_head_bias_mask():
     assert np.all(np.asarray(updates["bias"]) == 0) and np.all(np.asarray(updates["kernel"]) < 0)
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-    config = tiny("ce", epochs=1)
-    train.train_and_evaluate(config, str(tmp_path))
-    for f in glob.glob(str(tmp_path / "checkpoints" / "stage1" / "*" / "**" / "*"), recursive=True):
+@pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixture
+def test_corrupt_checkpoint_is_a_clear_error(sweep_root, tmp_path):
+    run = copy_run(sweep_root, "ce_s0", tmp_path / "run")  # tiny("ce") trained
+    shutil.rmtree(run / "checkpoints" / "stage1" / "15")  # no intact one to fall back to
+    for f in glob.glob(str(run / "checkpoints" / "stage1" / "*" / "**" / "*"), recursive=True):
         if os.path.isfile(f) and "metadata" not in os.path.basename(f):
             with open(f, "wb") as fh:
                 fh.write(b"garbage")
     with pytest.raises(checkpoint.CheckpointError, match="corrupt or was written by a different"):
-        train.train_and_evaluate(config, str(tmp_path))
+        train.train_and_evaluate(tiny("ce"), str(run))
 
 
 def test_missing_cifar_data_is_fast_clear_error(tmp_path):
@@ -408,39 +413,33 @@ def test_stage2_head_mismatch_is_an_error(tmp_path):
         train.train_and_evaluate(config, str(tmp_path))
 
 
-def test_evaluate_entry_point_and_cross_process_determinism(tmp_path):
+@pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixture
+def test_evaluate_entry_point_and_cross_process_determinism(sweep_root, tmp_path):
+    """``lt_jax.main`` in a fresh process (another hash seed, nothing else run before it)
+    trains what the shared sweep run of the same config trained inside this test process:
+    the same predictions on every test image. Then ``lt_jax.evaluate`` prints its top-1."""
     import subprocess
     import sys
 
-    env = dict(os.environ, XLA_FLAGS=xla_flags(1))
-    runs = []
-    for i, hashseed in enumerate(("1", "2")):
-        workdir = str(tmp_path / f"run{i}")
-        cmd = [
-            sys.executable,
-            "-m",
-            "lt_jax.main",
-            "--config",
-            "configs/default.py:method=gcl,runlocal",
-            "--workdir",
-            workdir,
-        ]
-        out = subprocess.run(
-            cmd, cwd=ROOT, env=dict(env, PYTHONHASHSEED=hashseed), capture_output=True, text=True
-        )
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert "stage2 final" in out.stdout and "many" in out.stdout
-        runs.append(json.load(open(os.path.join(workdir, "results.json"))))
-    assert runs[0]["final"]["per_class_accuracy"] == runs[1]["final"]["per_class_accuracy"]
-    out = subprocess.run(
-        [sys.executable, "-m", "lt_jax.evaluate", "--workdir", workdir],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    # This process's XLA_FLAGS (conftest.py): the same devices and compiler options.
+    env = dict(os.environ, PYTHONHASHSEED="2")
+    workdir = str(tmp_path / "run")
+    cmd = [sys.executable, "-m", "lt_jax.main", "--workdir", workdir]
+    cmd += ["--config", "configs/default.py:method=gcl,runlocal,seed=1"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert f"{100 * runs[1]['final']['top1']:6.2f}" in out.stdout
+    assert "stage2 final" in out.stdout and "many" in out.stdout
+    fresh = json.load(open(os.path.join(workdir, "results.json")))
+    shared = json.load(open(sweep_root / "gcl_s1" / "results.json"))
+    for stage in ("stage1", "stage2"):
+        assert (
+            fresh[stage]["final"]["per_class_accuracy"]
+            == (shared[stage]["final"]["per_class_accuracy"])
+        ), stage
+    evaluate = [sys.executable, "-m", "lt_jax.evaluate", "--workdir", workdir]
+    out = subprocess.run(evaluate, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{100 * fresh['final']['top1']:6.2f}" in out.stdout
 
 
 def test_use_all_cpu_cores_picks_a_divisor():
