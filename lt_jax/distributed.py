@@ -153,6 +153,16 @@ def collective_failed(error: BaseException) -> str:
     )
 
 
+def peer_lost(error: BaseException) -> bool:
+    """Whether ``error`` means another process of this run is gone: a failed agreement
+    (:class:`DistributedError`) or a failed device computation of a cluster. Such a process
+    must not wait for its peers any more (a pending checkpoint's finalisation, JAX's shutdown
+    barrier): it would wait until JAX's heartbeat timeout, about 100 s. See :func:`abandon`."""
+    return isinstance(error, DistributedError) or (
+        isinstance(error, jax.errors.JaxRuntimeError) and jax.process_count() > 1
+    )
+
+
 def abandon(message: str, status: int = 1) -> None:
     """Exits at once with ``lt_jax: error: <message>``, skipping JAX's shutdown barrier,
     which would wait for a peer that is gone until the heartbeat timeout and then abort

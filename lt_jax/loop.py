@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lt_jax import checkpoint, evaluation
+from lt_jax import checkpoint, distributed, evaluation
 from lt_jax.data import samplers
 from lt_jax.workdir import MetricWriter, TrainingError
 
@@ -264,8 +264,14 @@ def run_stage(stage: Stage, ctx: RunContext) -> tuple[Any, dict]:
     health = Health(stage, ckpt)
     try:
         state, history, feats = _train(stage, ctx, ckpt, sizes, health)
-    finally:
-        ckpt.close()  # waits for a pending save; no Orbax thread outlives the stage
+    except BaseException as e:
+        # A pending save's finalisation waits at a barrier of all processes: with a peer gone
+        # it would block until JAX's heartbeat timeout. The process exits without it (main:
+        # distributed.abandon); the newest finished checkpoint is kept.
+        if not distributed.peer_lost(e):
+            ckpt.close()
+        raise
+    ckpt.close()  # waits for a pending save; no Orbax thread outlives the stage
     if cost := getattr(ctx.preempted, "cost", str)():
         log.info("%s: the processes agreed on the stop flag after every step (%s)", stage.name,
                  cost)  # fmt: skip

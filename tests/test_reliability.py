@@ -8,12 +8,14 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from lt_jax import checkpoint, sweep, train
+from lt_jax import checkpoint, distributed, loop, sweep, train
 from lt_jax.data import datasets
 from lt_jax.workdir import WorkdirLock, WorkdirLocked
 from tests import copy_run, xla_flags
@@ -139,6 +141,49 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_intact_one(sweep_root, tm
     kept = glob.glob(str(run / "checkpoints" / "stage1.damaged" / "30-*"))
     assert len(kept) == 1 and os.listdir(kept[0])  # the damaged one set aside, not deleted
     assert sorted(os.listdir(stage1)) == ["15", "30"]
+
+
+@pytest.mark.parametrize(
+    "error, processes, waits",
+    [
+        (TimeoutError("disk"), 2, True),  # any other error: the pending save is finished
+        (train.TrainingError("SIGTERM"), 2, True),
+        (jax.errors.JaxRuntimeError("INTERNAL: out of memory"), 1, True),  # one process
+        (jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed"), 2, False),
+        (distributed.DistributedError("process 1 did not reach check"), 2, False),
+    ],
+)
+def test_a_stage_waits_for_its_pending_save_unless_a_peer_is_gone(
+    monkeypatch, error, processes, waits
+):
+    """A save's finalisation meets the other processes at a barrier: a process whose peer is
+    gone must not wait for it (that waited for JAX's 100 s heartbeat timeout, seen in the
+    cluster test's SIGKILL phase); any other failure waits, so the save is not lost."""
+    closed = []
+
+    class Checkpointer:
+        def __init__(self, directory):
+            pass
+
+        def close(self):
+            closed.append(True)
+
+    def fail(*args):
+        raise error
+
+    monkeypatch.setattr(loop.checkpoint, "Checkpointer", Checkpointer)
+    monkeypatch.setattr(loop, "_train", fail)
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+    stage = types.SimpleNamespace(name="stage1", batch_size=64)
+    ctx = types.SimpleNamespace(
+        config=None,
+        data=None,
+        workdir="w",
+        input=types.SimpleNamespace(epoch_sizes=lambda batch: [batch]),
+    )
+    with pytest.raises(type(error)):
+        loop.run_stage(stage, ctx)
+    assert closed == ([True] if waits else [])
 
 
 # --- the evaluation record ----------------------------------------------------------------------
