@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 
 import jax
@@ -91,5 +92,23 @@ class Checkpointer:
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
-    def close(self) -> None:
-        self._manager.close()
+    def close(self, timeout: float | None = None) -> bool:
+        """Waits for a pending save to finish, then closes. With ``timeout`` (seconds) the
+        wait is bounded: a save whose finalisation is still waiting for the other processes
+        then is left unfinished (its step is not committed; the newest finished one is kept)
+        and this returns False."""
+        if timeout is None:
+            self._manager.close()
+            return True
+        failed = []
+
+        def close():
+            try:
+                self._manager.close()
+            except Exception as e:  # noqa: BLE001 - reported by the caller, once
+                failed.append(e)
+
+        closing = threading.Thread(target=close, name="lt_jax-checkpoint-close", daemon=True)
+        closing.start()
+        closing.join(timeout)
+        return not closing.is_alive() and not failed

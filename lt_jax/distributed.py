@@ -154,13 +154,23 @@ def collective_failed(error: BaseException) -> str:
 
 
 def peer_lost(error: BaseException) -> bool:
-    """Whether ``error`` means another process of this run is gone: a failed agreement
-    (:class:`DistributedError`) or a failed device computation of a cluster. Such a process
-    must not wait for its peers any more (a pending checkpoint's finalisation, JAX's shutdown
-    barrier): it would wait until JAX's heartbeat timeout, about 100 s. See :func:`abandon`."""
+    """Whether ``error`` means this process can no longer count on its peers: a failed
+    agreement (:class:`DistributedError`) or a failed device computation of a cluster (a
+    peer gone, or the same failure in every process). Waiting for the peers then (JAX's
+    shutdown barrier, a pending checkpoint's finalisation) can last until JAX's heartbeat
+    timeout, about 100 s: :func:`abandon` skips the one, :func:`save_grace_s` bounds the
+    other."""
     return isinstance(error, DistributedError) or (
         isinstance(error, jax.errors.JaxRuntimeError) and jax.process_count() > 1
     )
+
+
+def save_grace_s() -> float:
+    """How long a process whose peers may be gone (:func:`peer_lost`) still waits for its
+    pending checkpoint save, which meets the other processes at a barrier: long enough for
+    live peers to finish it (every process failing alike), short of JAX's heartbeat
+    timeout. ``LT_JAX_PEER_TIMEOUT``, at most 30 s."""
+    return min(30.0, _seconds("LT_JAX_PEER_TIMEOUT", 300.0))
 
 
 def abandon(message: str, status: int = 1) -> None:

@@ -265,11 +265,13 @@ def run_stage(stage: Stage, ctx: RunContext) -> tuple[Any, dict]:
     try:
         state, history, feats = _train(stage, ctx, ckpt, sizes, health)
     except BaseException as e:
-        # A pending save's finalisation waits at a barrier of all processes: with a peer gone
-        # it would block until JAX's heartbeat timeout. The process exits without it (main:
-        # distributed.abandon); the newest finished checkpoint is kept.
+        # A pending save's finalisation meets the other processes at a barrier: with a peer
+        # gone, an unbounded wait would last until JAX's heartbeat timeout.
         if not distributed.peer_lost(e):
             ckpt.close()
+        elif not ckpt.close(timeout=distributed.save_grace_s()):
+            log.warning("%s: the pending checkpoint was not finished (the other processes did "
+                        "not come); the newest finished one is kept", stage.name)  # fmt: skip
         raise
     ckpt.close()  # waits for a pending save; no Orbax thread outlives the stage
     if cost := getattr(ctx.preempted, "cost", str)():

@@ -53,15 +53,12 @@ def main(argv):
     log.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (distributed.DistributedError, jax.errors.JaxRuntimeError) as e:
+    except distributed.DistributedError as e:  # a peer is gone: no shutdown barrier
+        distributed.abandon(cli.one_line(e))
+    except jax.errors.JaxRuntimeError as e:
         if not distributed.peer_lost(e):  # one process: JAX's own error
             raise
-        # A peer is gone: exit without JAX's shutdown barrier.
-        if isinstance(e, distributed.DistributedError):
-            message = cli.one_line(e)
-        else:
-            message = distributed.collective_failed(e)
-        distributed.abandon(message)
+        distributed.abandon(distributed.collective_failed(e))
     except (ValueError, OSError, train.TrainingError, checkpoint.CheckpointError) as e:
         cli.fail("lt_jax", e)
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback from deep inside JAX

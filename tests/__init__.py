@@ -19,7 +19,7 @@ def xla_flags(devices: int, *, fast_compile: bool = False) -> str:
 def run_sweep(root, methods, seeds):
     """``lt_jax.sweep`` in this process: ``configs/default.py:runlocal``, ``methods`` x ``seeds``
     under ``root``."""
-    from lt_jax import sweep  # here, not above: conftest.py sets XLA_FLAGS first
+    from lt_jax import sweep  # here: this package is imported before conftest.py sets XLA_FLAGS
 
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "default.py")
     sweep.main(

@@ -39,7 +39,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 # Session scope: kept until the worker ends, not torn down when another module's test runs in
 # between. Its users carry @pytest.mark.xdist_group("sweep_root"), so one worker builds it once.
 # Three runs of the default config at runlocal size, shared by the tests that need a finished
-# run: CE seeds 0 and 1 (the report's mean and std) and GCL seed 1, which is also
+# run: CE seeds 0 and 1 (the report's mean and std; seed 0 is also copied, tests.copy_run, by
+# the checkpoint tests that change a finished run) and GCL seed 1, which is also
 # test_train.py's end-to-end run and test_seeds.py's single-seed run to compare seed 1 of a
 # 2-seed run with.
 @pytest.fixture(scope="session")

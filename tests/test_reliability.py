@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -144,29 +145,33 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_intact_one(sweep_root, tm
 
 
 @pytest.mark.parametrize(
-    "error, processes, waits",
+    "error, processes, bounded",
     [
-        (TimeoutError("disk"), 2, True),  # any other error: the pending save is finished
-        (train.TrainingError("SIGTERM"), 2, True),
-        (jax.errors.JaxRuntimeError("INTERNAL: out of memory"), 1, True),  # one process
-        (jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed"), 2, False),
-        (distributed.DistributedError("process 1 did not reach check"), 2, False),
+        (TimeoutError("disk"), 2, False),  # any other failure: the pending save is finished
+        (train.TrainingError("SIGTERM"), 2, False),
+        (KeyboardInterrupt(), 2, False),
+        (jax.errors.JaxRuntimeError("INTERNAL: out of memory"), 1, False),  # one process
+        (jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed"), 2, True),
+        (distributed.DistributedError("process 1 did not reach check"), 2, True),
     ],
+    ids=["oserror", "sigterm", "ctrl-c", "one-process", "collective", "agreement"],
 )
-def test_a_stage_waits_for_its_pending_save_unless_a_peer_is_gone(
-    monkeypatch, error, processes, waits
+def test_a_stage_waits_for_its_pending_save_boundedly_when_peers_may_be_gone(
+    monkeypatch, error, processes, bounded
 ):
-    """A save's finalisation meets the other processes at a barrier: a process whose peer is
-    gone must not wait for it (that waited for JAX's 100 s heartbeat timeout, seen in the
-    cluster test's SIGKILL phase); any other failure waits, so the save is not lost."""
-    closed = []
+    """A save's finalisation meets the other processes at a barrier: a process whose peers
+    may be gone waits for it at most LT_JAX_PEER_TIMEOUT, capped at 30 s (unbounded, it
+    waited for JAX's heartbeat timeout, 85 s in the cluster test's SIGKILL phase); any other
+    failure waits until the save is finished, so it is not lost."""
+    closes = []
 
     class Checkpointer:
         def __init__(self, directory):
             pass
 
-        def close(self):
-            closed.append(True)
+        def close(self, timeout=None):
+            closes.append(timeout)
+            return True
 
     def fail(*args):
         raise error
@@ -174,16 +179,40 @@ def test_a_stage_waits_for_its_pending_save_unless_a_peer_is_gone(
     monkeypatch.setattr(loop.checkpoint, "Checkpointer", Checkpointer)
     monkeypatch.setattr(loop, "_train", fail)
     monkeypatch.setattr(jax, "process_count", lambda: processes)
+    monkeypatch.setenv("LT_JAX_PEER_TIMEOUT", "12")
     stage = types.SimpleNamespace(name="stage1", batch_size=64)
     ctx = types.SimpleNamespace(
-        config=None,
-        data=None,
-        workdir="w",
-        input=types.SimpleNamespace(epoch_sizes=lambda batch: [batch]),
+        config=None, data=None, workdir="w", input=types.SimpleNamespace(epoch_sizes=lambda b: [b])
     )
     with pytest.raises(type(error)):
         loop.run_stage(stage, ctx)
-    assert closed == ([True] if waits else [])
+    assert closes == [12.0 if bounded else None]
+    monkeypatch.delenv("LT_JAX_PEER_TIMEOUT")
+    assert distributed.save_grace_s() == 30.0  # the default peer timeout (300 s), capped
+
+
+def test_a_bounded_close_gives_up_on_a_save_that_waits_for_absent_peers(tmp_path):
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"))
+    ckpt.close()
+    released = threading.Event()
+
+    class Waiting:  # a save whose finalisation waits at a barrier
+        def close(self):
+            released.wait(60)
+
+    class Failing:  # the barrier reports the peer's heartbeat timeout
+        def close(self):
+            raise RuntimeError("Barrier failed")
+
+    ckpt._manager = Waiting()
+    start = time.monotonic()
+    assert ckpt.close(timeout=0.5) is False
+    assert time.monotonic() - start < 5
+    released.set()
+    ckpt._manager = Failing()
+    assert ckpt.close(timeout=5) is False
+    ckpt._manager = types.SimpleNamespace(close=lambda: None)
+    assert ckpt.close(timeout=5) is True
 
 
 # --- the evaluation record ----------------------------------------------------------------------

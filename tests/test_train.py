@@ -416,13 +416,15 @@ def test_stage2_head_mismatch_is_an_error(tmp_path):
 @pytest.mark.xdist_group("sweep_root")  # one worker builds the shared fixture
 def test_evaluate_entry_point_and_cross_process_determinism(sweep_root, tmp_path):
     """``lt_jax.main`` in a fresh process (another hash seed, nothing else run before it)
-    trains what the shared sweep run of the same config trained inside this test process:
-    the same predictions on every test image. Then ``lt_jax.evaluate`` prints its top-1."""
+    trains what the shared sweep run of the same config trained inside a test process: the
+    same predictions on every test image. Both use conftest.py's XLA_FLAGS (8 devices, LLVM
+    level 0): what a process's history or hash seed could change is checked, not another
+    compiler setting. Then ``lt_jax.evaluate`` prints its top-1."""
     import subprocess
     import sys
 
-    # This process's XLA_FLAGS (conftest.py): the same devices and compiler options.
-    env = dict(os.environ, PYTHONHASHSEED="2")
+    hashseed = "2" if os.environ.get("PYTHONHASHSEED") != "2" else "3"
+    env = dict(os.environ, PYTHONHASHSEED=hashseed)
     workdir = str(tmp_path / "run")
     cmd = [sys.executable, "-m", "lt_jax.main", "--workdir", workdir]
     cmd += ["--config", "configs/default.py:method=gcl,runlocal,seed=1"]
@@ -432,10 +434,8 @@ def test_evaluate_entry_point_and_cross_process_determinism(sweep_root, tmp_path
     fresh = json.load(open(os.path.join(workdir, "results.json")))
     shared = json.load(open(sweep_root / "gcl_s1" / "results.json"))
     for stage in ("stage1", "stage2"):
-        assert (
-            fresh[stage]["final"]["per_class_accuracy"]
-            == (shared[stage]["final"]["per_class_accuracy"])
-        ), stage
+        want = shared[stage]["final"]["per_class_accuracy"]
+        assert fresh[stage]["final"]["per_class_accuracy"] == want, stage
     evaluate = [sys.executable, "-m", "lt_jax.evaluate", "--workdir", workdir]
     out = subprocess.run(evaluate, cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
