@@ -105,7 +105,7 @@ class Checkpointer:
         def close():
             try:
                 self._manager.close()
-            except Exception as e:  # noqa: BLE001 - reported by the caller, once
+            except Exception as e:  # noqa: BLE001 - the caller reports the unfinished save
                 failed.append(e)
 
         closing = threading.Thread(target=close, name="lt_jax-checkpoint-close", daemon=True)
