@@ -190,6 +190,8 @@ def sigterm_at_step(n):
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     config = tiny("gcl", mixup_alpha=1.0, drop_last=False)  # runlocal drops it
+    # Stage 1 only: a stage 2 after a resumed stage 1 is test_seeds.py's (both stages).
+    config.stage2.mode = "none"
     full = train.train_and_evaluate(config, str(tmp_path / "a"))
 
     # Each epoch keeps its last partial batch: 15 batches of 64 and one of the rest.
