@@ -160,12 +160,12 @@ def test_channel_sums_match_float64(shape):
     _close(squares, (a64 * a64).sum(axes), tol=1e-6)
 
 
-def _run(code, tmp_path, base=None, **env):
+def _run(code, tmp_path, base=None, fast_compile=True, **env):
     """Run ``code`` in a fresh process on ONE CPU device (the native kernels' condition),
-    with the environment ``base`` (default: this one) updated by ``env``; XLA at its
-    lowest optimisation level unless ``env`` sets ``XLA_FLAGS``."""
-    flags = xla_flags(1, fast_compile=True)  # compiles a lot, runs little
-    full = {**(os.environ if base is None else base), "XLA_FLAGS": flags, **env}
+    with the environment ``base`` (default: this one) updated by ``env``. ``fast_compile``:
+    XLA at its lowest optimisation level (most of these programs compile a lot, run little)."""
+    flags = xla_flags(1, fast_compile=fast_compile)
+    full = dict(os.environ if base is None else base, XLA_FLAGS=flags, **env)
     res = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=full,
@@ -334,9 +334,8 @@ print(json.dumps(dict(kept=kept, faults=statistics.median(faults), again=cli.kee
 def test_keep_host_memory_stops_per_call_page_faults(tmp_path):
     # One small program run many times: XLA's default optimisation (its sort at level 0
     # takes twice as long).
-    flags = xla_flags(1)
-    kept, _ = _run(FAULTS, tmp_path, XLA_FLAGS=flags)
-    default, _ = _run(FAULTS, tmp_path, XLA_FLAGS=flags, LT_JAX_KEEP_HOST_MEMORY="0")
+    kept, _ = _run(FAULTS, tmp_path, fast_compile=False)
+    default, _ = _run(FAULTS, tmp_path, fast_compile=False, LT_JAX_KEEP_HOST_MEMORY="0")
     assert kept["kept"] and not default["kept"]
     assert not kept["again"]  # too late once JAX's backend runs
     # Each call touches ~24,000 fresh pages by default; kept memory is mostly reused
