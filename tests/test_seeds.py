@@ -233,8 +233,9 @@ def test_aggregate_leaves_out_diverged_seeds():
     assert out["per_seed"][1]["diverged"] is True
 
 
-# cRT re-trains the classifier as GCL's CBEN stage does (the two_seeds fixture); LWS trains
-# scales only, tau-norm trains nothing.
+# cRT re-trains the classifier as GCL's CBEN stage does (the two_seeds fixture; one seed:
+# test_train.py); LWS trains scales only, tau-norm trains nothing. These runs are the presets'
+# only end-to-end tests.
 @pytest.mark.parametrize("preset", ["lws", "tau_norm"])
 def test_second_stage_modes_train_every_seed(tmp_path, preset):
     from tests.test_train import load_config
@@ -243,9 +244,13 @@ def test_second_stage_modes_train_every_seed(tmp_path, preset):
     config.unlock()
     config.num_seeds, config.epochs = 2, 1
     results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["stage2"]["mode"] == preset
+    assert results["final"] is results["stage2"]["final"]  # stage 2 gives the headline
     assert [r["seed"] for r in results["stage2"]["per_seed"]] == [0, 1]
     tops = [r["final"]["top1"] for r in results["stage2"]["per_seed"]]
     assert all(0 < t <= 1 for t in tops)
+    if preset == "tau_norm":
+        assert len(results["stage2"]["per_tau"]) == 21  # the tau grid 0, 0.1, ..., 2
 
 
 def test_sweep_applies_config_overrides_to_every_run(tmp_path, monkeypatch, capsys):

@@ -399,14 +399,12 @@ def test_stage2_freezes_backbone_and_uses_inference_batchnorm():
     np.testing.assert_allclose(float(m["loss"]), float(expect), rtol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["crt", "lws", "tau_norm"])
-def test_stage2_presets_run(tmp_path, preset):
-    config = load_config("configs/default.py", f"method=ce,stage2={preset},runlocal")
+def test_stage2_crt_preset_runs(tmp_path):
+    """cRT on CE's linear head (LWS and tau-norm: test_seeds.py, two seeds each)."""
+    config = load_config("configs/default.py", "method=ce,stage2=crt,runlocal")
     results = train.train_and_evaluate(config, str(tmp_path))
-    assert results["stage2"]["mode"] == ("retrain" if preset == "crt" else preset)
+    assert results["stage2"]["mode"] == "retrain"
     assert results["final"] is results["stage2"]["final"]
-    if preset == "tau_norm":
-        assert len(results["stage2"]["per_tau"]) == 21
 
 
 def test_stage2_head_mismatch_is_an_error(tmp_path):
