@@ -233,9 +233,8 @@ def test_aggregate_leaves_out_diverged_seeds():
     assert out["per_seed"][1]["diverged"] is True
 
 
-# cRT re-trains the classifier as GCL's CBEN stage does (the two_seeds fixture; one seed:
-# test_train.py); LWS trains scales only, tau-norm trains nothing. These runs are the presets'
-# only end-to-end tests.
+# cRT re-trains the classifier as GCL's CBEN stage does (the two_seeds fixture); LWS trains
+# scales only, tau-norm trains nothing (one seed of cRT and LWS: test_train.py).
 @pytest.mark.parametrize("preset", ["lws", "tau_norm"])
 def test_second_stage_modes_train_every_seed(tmp_path, preset):
     from tests.test_train import load_config

@@ -403,11 +403,13 @@ def test_stage2_freezes_backbone_and_uses_inference_batchnorm():
     np.testing.assert_allclose(float(m["loss"]), float(expect), rtol=1e-5)
 
 
-def test_stage2_crt_preset_runs(tmp_path):
-    """cRT on CE's linear head (LWS and tau-norm: test_seeds.py, two seeds each)."""
-    config = load_config("configs/default.py", "method=ce,stage2=crt,runlocal")
+@pytest.mark.parametrize("preset", ["crt", "lws"])
+def test_stage2_presets_run_one_seed(tmp_path, preset):
+    """The single-seed shapes of the trained presets (LWS's scales are [C], not [K, C]);
+    tau-norm treats one seed as K = 1 of the 2-seed run in test_seeds.py."""
+    config = load_config("configs/default.py", f"method=ce,stage2={preset},runlocal")
     results = train.train_and_evaluate(config, str(tmp_path))
-    assert results["stage2"]["mode"] == "retrain"
+    assert results["stage2"]["mode"] == ("retrain" if preset == "crt" else preset)
     assert results["final"] is results["stage2"]["final"]
 
 
